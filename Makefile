@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Shared offline data and models, when this checkout sits beside them (CI and the team's machines).
+# Without them the CLI downloads public BEIR archives and names hub models instead.
+ifneq ($(wildcard ../shared/datasets),)
+export CASCADE_DATA_DIR ?= $(abspath ../shared/datasets)
+endif
+ifneq ($(wildcard ../shared/models),)
+export CASCADE_MODELS_DIR ?= $(abspath ../shared/models)
+endif
+export CASCADE_INDEX_DIR ?= $(abspath .cascade/indexes)
+export CASCADE_CACHE_DIR ?= $(abspath .cascade/cache)
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test bench venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned in pyproject.toml (the CPU wheel); everything else resolves from it.
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/cascade demo --report docs/benchmarks.md --plot docs/img/demo-scifact.png
+
+test: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs
+
+clean:
+	rm -rf $(VENV) .cascade

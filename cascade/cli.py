@@ -1,0 +1,355 @@
+"""The ``cascade`` command line: index, search, eval, demo, config check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cascade.errors import CascadeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="cascade: BM25 + kNN candidates, fusion and re-ranking stages, declared per index.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate cascade configs.")
+app.add_typer(config_app, name="config")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)  # messages carry paths: never wrap them
+
+
+def _setup() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)])
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for noisy in ("sentence_transformers", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+
+
+def _settings():
+    from cascade.settings import get_settings
+
+    return get_settings()
+
+
+def _config_for(name: str, config_file: Optional[Path], create: bool):
+    """The index's config: an explicit file, CASCADE_CONFIG_DIR/NAME.yaml, a built-in one, or a new starter."""
+    from cascade.config import dump_config, find_config_file, load_config_file, starter_config
+
+    s = _settings()
+    if config_file is not None:
+        return load_config_file(config_file)
+    path = find_config_file(name, s.config_dir)
+    if path is not None:
+        return load_config_file(path)
+    if not create:
+        from cascade.config import load_config
+
+        return load_config(name, s.config_dir)  # raises with the paths it looked at
+    cfg = starter_config(name)
+    s.config_dir.mkdir(parents=True, exist_ok=True)
+    out = s.config_dir / f"{name}.yaml"
+    out.write_text(f"# Starter cascade written by `cascade index`; edit it and bump `version`.\n{dump_config(cfg)}")
+    err.print(f"wrote a starter config to [bold]{out}[/] (BM25 + kNN, RRF; add stages there)")
+    return cfg
+
+
+def _build(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
+    from cascade.datasets import LoadStats, count_lines, iter_corpus
+    from connectors.embedded import build_index, index_exists
+
+    s = _settings()
+    existing = index_exists(cfg, s)
+    if existing and not rebuild:
+        err.print(f"index [bold]{cfg.index}[/] is up to date ({existing['docs']} documents, built "
+                  f"{existing['built_at']}); --rebuild to build it again")
+        return
+    total = count_lines(corpus)
+    stats = LoadStats()
+    with _progress() as prog:
+        task = prog.add_task(f"indexing {cfg.index}", total=total)
+
+        def on_progress(phase: str, done: int, tot: int | None) -> None:
+            if phase == "hnsw":
+                prog.update(task, description=f"building HNSW graph for {cfg.index}")
+            else:
+                prog.update(task, completed=done + stats.skipped)
+
+        rep = build_index(cfg, iter_corpus(corpus, skip_bad=skip_bad, stats=stats), s, source=str(corpus),
+                          total=total, skip_bad=skip_bad, on_progress=on_progress)
+    skipped = stats.skipped + rep.skipped
+    err.print(f"indexed [bold]{rep.docs}[/] documents into {rep.path} in {rep.seconds:.1f} s "
+              f"(embedding {rep.embed_seconds:.1f} s)" + (f"; [yellow]skipped {skipped} bad lines[/]" if skipped else ""))
+    for e in stats.errors:
+        err.print(f"  [yellow]skipped[/] {e}")
+
+
+@app.command()
+def index(
+    dataset: Optional[str] = typer.Option(None, help="A BEIR dataset under CASCADE_DATA_DIR (downloaded if missing)."),
+    corpus: Optional[Path] = typer.Option(None, help="Your own corpus: BEIR-style corpus.jsonl or .jsonl.gz."),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Index name (default: the dataset's name)."),
+    config: Optional[Path] = typer.Option(None, help="Cascade YAML (default: CASCADE_CONFIG_DIR/NAME.yaml)."),
+    rebuild: bool = typer.Option(False, help="Build again even if an up-to-date index exists."),
+    skip_bad_lines: bool = typer.Option(False, help="Skip and count corpus lines that are not valid records."),
+) -> None:
+    """Build (or reuse) an embedded index: BM25 over text fields, embeddings for kNN, filter columns."""
+    _setup()
+    try:
+        if (dataset is None) == (corpus is None):
+            raise CascadeError("give either --dataset NAME or --corpus FILE --index NAME")
+        if corpus is not None:
+            if not index_name:
+                raise CascadeError("--corpus needs --index NAME")
+            path = corpus
+            if not path.is_file():
+                raise CascadeError(f"--corpus: {path} is not a file")
+        else:
+            from cascade.datasets import corpus_file
+
+            path = corpus_file(_dataset_dir(dataset))
+            index_name = index_name or dataset
+        cfg = _config_for(index_name, config, create=True)
+        _build(cfg, path, rebuild, skip_bad_lines)
+    except CascadeError as exc:
+        _fail(exc)
+
+
+def _dataset_dir(name: str) -> Path:
+    from cascade.datasets import locate_dataset
+
+    s = _settings()
+    with _progress() as prog:
+        task = prog.add_task(f"downloading {name}", total=None, visible=False)
+
+        def on_progress(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total or None, visible=True)
+
+        return locate_dataset(name, s, progress=on_progress)
+
+
+def _parse_filter(specs: list[str]) -> dict[str, Any]:
+    """``year>=2010``, ``journal=Nature``, ``journal=Nature,Cell`` into the filter object of a query."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        for op, key in ((">=", "gte"), ("<=", "lte"), (">", "gt"), ("<", "lt"), ("=", None)):
+            if op in spec:
+                field, raw = (x.strip() for x in spec.split(op, 1))
+                break
+        else:
+            raise CascadeError(f"--filter {spec!r}: expected FIELD=VALUE, FIELD>=VALUE, FIELD<VALUE, ...")
+        if not field:
+            raise CascadeError(f"--filter {spec!r}: no field name")
+
+        def val(x: str) -> Any:
+            try:
+                return json.loads(x)
+            except json.JSONDecodeError:
+                return x
+
+        if key is None:
+            vals = [val(x) for x in raw.split(",")]
+            out[field] = vals if len(vals) > 1 else vals[0]
+        else:
+            out.setdefault(field, {})[key] = val(raw)
+    return out
+
+
+def _cascade(name: str, config: Optional[Path]):
+    from cascade.controller import Cascade
+
+    return Cascade.from_config(_config_for(name, config, create=False), _settings())
+
+
+@app.command()
+def search(
+    text: str = typer.Argument(..., help="Query text."),
+    index_name: str = typer.Option(..., "--index", help="Index to search."),
+    size: int = typer.Option(10, help="Number of hits."),
+    offset: int = typer.Option(0, "--from", help="Offset of the first hit."),
+    filters: list[str] = typer.Option([], "--filter", help="FIELD=VALUE[,VALUE], FIELD>=VALUE, ... (repeatable)."),
+    explain: bool = typer.Option(False, help="Show every step's scores and time."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    config: Optional[Path] = typer.Option(None, help="Cascade YAML (default: CASCADE_CONFIG_DIR/NAME.yaml)."),
+) -> None:
+    """Rank documents for one query through the index's cascade."""
+    _setup()
+    from cascade.query import Query
+
+    try:
+        casc = _cascade(index_name, config)
+        q = Query(text=text, filters=_parse_filter(filters), size=size, offset=offset)
+        res = asyncio.run(casc.search(q))
+    except CascadeError as exc:
+        _fail(exc)
+        return
+    hits = res.hits(explain=explain)
+    if as_json:
+        out = {"took_ms": round(res.took_ms, 2), "degraded": res.degraded, "hits": hits}
+        if explain:
+            out["plan"] = casc.plan()
+            out["trace"] = [t.as_dict(top=size) for t in res.traces]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return
+    if explain:
+        plan = Table(title="cascade " + f"{casc.config.index} v{casc.config.version}")
+        for c in ("step", "declared", "in", "out", "scored", "ms", "elapsed ms"):
+            plan.add_column(c, justify="left" if c in ("step", "declared") else "right")
+        decl = {p["name"]: ", ".join(f"{k}={v}" for k, v in p.items() if k != "name" and v is not None) for p in casc.plan()}
+        for t in res.traces:
+            plan.add_row(t.name + (" [red](failed)[/]" if t.error else ""), decl.get(t.name, ""), str(t.n_in),
+                         str(t.n_out), str(t.scored), f"{t.ms:.1f}", f"{t.elapsed_ms:.1f}")
+        console.print(plan)
+    table = Table(title=f"{text!r} on {index_name}: {len(hits)} hits in {res.took_ms:.0f} ms")
+    table.add_column("#", justify="right")
+    table.add_column("id")
+    table.add_column("score", justify="right")
+    if explain:
+        table.add_column("retrievers (score, rank)")
+        table.add_column("stage scores")
+    table.add_column("title / text")
+    for i, h in enumerate(hits, start=offset + 1):
+        f = h["fields"]
+        snippet = (f.get("title") or "") + (" — " if f.get("title") else "") + (f.get("text") or "")[:120]
+        row = [str(i), h["id"], f"{h['score']:.4f}" if h["score"] is not None else "-"]
+        if explain:
+            row.append("\n".join(f"{k}: {v['score']:.3f} (#{v['rank']})" for k, v in h["retrievers"].items()))
+            row.append("\n".join(f"{k}: {v:.4f}" for k, v in h["stages"].items() if v is not None))
+        row.append(snippet)
+        table.add_row(*row)
+    console.print(table)
+    for name in res.degraded:
+        err.print(f"[yellow]degraded:[/] step {name} failed; the ranking was built without it")
+
+
+def _run_eval(dataset: str, index_name: str | None, split: str, limit: int | None, config: Optional[Path]):
+    from cascade.datasets import load_qrels, load_queries
+    from cascade.evaluation import evaluate
+
+    folder = _dataset_dir(dataset)
+    queries, qrels = load_queries(folder), load_qrels(folder, split)
+    casc = _cascade(index_name or dataset, config)
+    n = min(limit or len(qrels), len(qrels))
+    with _progress() as prog:
+        task = prog.add_task(f"evaluating {dataset} {split}", total=n)
+        rep = asyncio.run(evaluate(casc, queries, qrels, dataset=dataset, split=split, limit=limit,
+                                   on_progress=lambda d, t: prog.update(task, completed=d)))
+    return rep
+
+
+def _emit(rep, json_out: Optional[Path], plot_out: Optional[Path], report: Optional[Path], command: str, key: str) -> None:
+    from cascade.report import markdown_section, plot, rich_table, update_section
+
+    console.print(rich_table(rep))
+    if rep.skipped_queries:
+        err.print(f"[yellow]{rep.skipped_queries} queries skipped (invalid query text)[/]")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rep.as_json(), indent=2))
+        err.print(f"wrote {json_out}")
+    if plot_out:
+        plot(rep, plot_out)
+        err.print(f"wrote {plot_out}")
+    if report:
+        image = os.path.relpath(plot_out, report.parent) if plot_out else None
+        update_section(report, key, f"{rep.dataset} {rep.split}: every step of the `{rep.index}` cascade",
+                       markdown_section(rep, command, image))
+        err.print(f"updated {report}")
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: str = typer.Option(..., help="BEIR dataset (queries and qrels) under CASCADE_DATA_DIR."),
+    split: str = typer.Option("test", help="qrels split."),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Index (default: the dataset's name)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of quality and latency per step."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section for this run."),
+    config: Optional[Path] = typer.Option(None, help="Cascade YAML (default: CASCADE_CONFIG_DIR/NAME.yaml)."),
+) -> None:
+    """nDCG@10, recall@100, MRR@10 and latency for every retriever and stage, from one pass."""
+    _setup()
+    try:
+        rep = _run_eval(dataset, index_name, split, limit, config)
+        _emit(rep, json_out, plot_out, report, "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+              f"eval-{rep.index}-{split}")
+    except CascadeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(
+    dataset: str = typer.Option("scifact", help="BEIR dataset with a built-in or configured cascade."),
+    split: str = typer.Option("test"),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
+    report: Path = typer.Option(Path("docs/benchmarks.md"), help="Markdown file to update with the table."),
+    plot_out: Path = typer.Option(Path("docs/img/demo-scifact.png"), "--plot", help="Where to write the plot."),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+) -> None:
+    """Index SciFact (once), evaluate every step on its test queries, print and record the table."""
+    _setup()
+    try:
+        from cascade.datasets import corpus_file
+
+        folder = _dataset_dir(dataset)
+        cfg = _config_for(dataset, None, create=True)
+        _build(cfg, corpus_file(folder), rebuild=False, skip_bad=False)
+        rep = _run_eval(dataset, None, split, limit, None)
+        cmd = "make demo" + (f" (cascade demo --limit {limit})" if limit else " (cascade demo)")
+        _emit(rep, json_out, plot_out, report, cmd, "demo")
+    except CascadeError as exc:
+        _fail(exc)
+
+
+@config_app.command("check")
+def config_check(directory: Optional[Path] = typer.Argument(None, help="Config folder (default: CASCADE_CONFIG_DIR).")) -> None:
+    """Validate every NAME.yaml in a folder, as the service does at start-up."""
+    _setup()
+    from cascade.config import load_config_dir
+
+    try:
+        cfgs = load_config_dir(directory or _settings().config_dir)
+    except CascadeError as exc:
+        _fail(exc)
+        return
+    for name, c in cfgs.items():
+        console.print(f"[green]ok[/] {name} v{c.version}: {' → '.join([*c.retrievers, 'fusion', *(s.stage_name for s in c.stages)])}")
+
+
+@config_app.command("show")
+def config_show(index_name: str = typer.Argument(..., help="Index name.")) -> None:
+    """Print the effective config of an index (defaults filled in)."""
+    _setup()
+    from cascade.config import dump_config
+
+    try:
+        console.print(dump_config(_config_for(index_name, None, create=False)), markup=False, highlight=False)
+    except CascadeError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

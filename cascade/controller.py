@@ -1,0 +1,180 @@
+"""The controller: retrievers in parallel, fusion, then each stage in order, with a trace per step.
+
+It owns no ranking logic of its own; it sequences the pieces a config names and
+records what each did (candidates in and out, milliseconds, scores) so that
+``explain`` and evaluation read the same trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cascade.candidates import Candidates, Hit
+from cascade.config import IndexConfig, RRFConfig
+from cascade.errors import CascadeError
+from cascade.fusion import fuse
+from cascade.query import Query, validate_query
+from cascade.retrieval import DocumentSource, Retriever
+from cascade.stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTrace:
+    """What one step did. ``kind`` is ``retriever``, ``fusion`` or the stage's type."""
+
+    name: str
+    kind: str
+    n_in: int
+    n_out: int
+    scored: int  # candidates the step assigned a score to (cross-encoder pairs, for that kind)
+    ms: float  # this step alone
+    elapsed_ms: float  # from the start of the search to the end of this step
+    ids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self, top: int | None = None) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("name", "kind", "n_in", "n_out", "scored", "ms", "elapsed_ms")}
+        d["ms"], d["elapsed_ms"] = round(self.ms, 3), round(self.elapsed_ms, 3)
+        d["top"] = [{"id": i, "score": _f(s)} for i, s in list(zip(self.ids, self.scores))[:top]]
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else round(float(x), 6)
+
+
+@dataclass
+class SearchResult:
+    query: Query
+    candidates: Candidates
+    traces: list[StageTrace]
+    took_ms: float
+
+    @property
+    def degraded(self) -> list[str]:
+        """Names of steps that failed; the response was built without them."""
+        return [t.name for t in self.traces if t.error]
+
+    def hits(self, explain: bool = False) -> list[dict[str, Any]]:
+        c, start = self.candidates, self.query.offset
+        out = []
+        for i in range(start, min(start + self.query.size, len(c))):
+            hit: dict[str, Any] = {"id": c.ids[i], "score": _f(c.score[i]), "fields": c.fields[i] or {}}
+            if explain:
+                hit["retrievers"] = c.provenance(i)
+                hit["stages"] = {k: _f(v[i]) for k, v in c.stage_scores.items()}
+                if c.features is not None:
+                    hit["features"] = {n: _f(v) for n, v in zip(c.feature_names, c.features[i])}
+            out.append(hit)
+        return out
+
+
+class Cascade:
+    """One index's cascade, built from its config: ``await cascade.search(Query("..."))``."""
+
+    def __init__(
+        self,
+        config: IndexConfig,
+        retrievers: dict[str, Retriever],
+        stages: list[Stage],
+        documents: DocumentSource | None = None,
+    ):
+        self.config, self.retrievers, self.stages, self.documents = config, retrievers, stages, documents
+        self._field_types = {n: f.type for n, f in config.fields.items()}
+
+    @classmethod
+    def from_config(cls, config: IndexConfig, settings=None) -> "Cascade":
+        from cascade.settings import get_settings
+        from cascade.stages.base import BuildContext
+        from connectors import open_backend
+
+        settings = settings or get_settings()
+        backend = open_backend(config, settings)
+        retrievers = {name: backend.retriever(name, rcfg) for name, rcfg in config.retrievers.items()}
+        ctx = BuildContext(settings=settings, index=config)
+        stages = [s.build(ctx) for s in config.stages]
+        return cls(config, retrievers, stages, backend)
+
+    def plan(self) -> list[dict[str, Any]]:
+        """The cascade as declared: what ``explain`` mirrors."""
+        steps: list[dict[str, Any]] = [
+            {"name": n, "type": r.type, "k": r.k} for n, r in self.config.retrievers.items()
+        ]
+        f = self.config.fusion
+        steps.append({"name": "fusion", "type": f.method, "keep": f.keep, **({"k": f.k} if isinstance(f, RRFConfig) else {"normalize": f.normalize})})
+        for s in self.stages:
+            steps.append(s.describe() if hasattr(s, "describe") else {"name": s.name, "type": s.kind})
+        return steps
+
+    def validate(self, query: Query) -> Query:
+        lim = self.config.limits
+        return validate_query(query, self._field_types, lim.max_size, lim.max_query_chars)
+
+    async def _retrieve(self, name: str, retriever: Retriever, query: Query, t0: float) -> tuple[list[Hit], StageTrace]:
+        k = self.config.retrievers[name].k
+        t = time.perf_counter()
+        try:
+            hits = await retriever.retrieve(query, k)
+            error = None
+        except CascadeError:
+            raise
+        except Exception as exc:  # a broken retriever degrades the response, the other ones still answer
+            log.exception("retriever %s failed", name)
+            hits, error = [], f"{type(exc).__name__}: {exc}"
+        now = time.perf_counter()
+        trace = StageTrace(name, "retriever", 0, len(hits), len(hits), (now - t) * 1e3, (now - t0) * 1e3,
+                           [h.id for h in hits], [h.score for h in hits], error)
+        return hits, trace
+
+    async def search(self, query: Query, *, validated: bool = False, budget_ms: float | None = None) -> SearchResult:
+        t0 = time.perf_counter()
+        deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
+        if not validated:
+            query = self.validate(query)
+        pairs = await asyncio.gather(*(self._retrieve(n, r, query, t0) for n, r in self.retrievers.items()))
+        traces = [tr for _, tr in pairs]
+        if all(tr.error for tr in traces):
+            raise RuntimeError("every retriever failed: " + "; ".join(f"{t.name}: {t.error}" for t in traces))
+        results = {tr.name: hits for hits, tr in pairs}
+
+        t = time.perf_counter()
+        cands = fuse(results, self.config.fusion)
+        await self._fill_fields(cands)
+        now = time.perf_counter()
+        n_in = len({h.id for hits in results.values() for h in hits})
+        traces.append(StageTrace("fusion", "fusion", n_in, len(cands), n_in, (now - t) * 1e3, (now - t0) * 1e3,
+                                 list(cands.ids), cands.score.tolist()))
+
+        for stage in self.stages:
+            t = time.perf_counter()
+            error = None
+            try:
+                out = await stage(query, cands, deadline)
+            except Exception as exc:  # degrade: keep the previous order, flag the stage
+                log.exception("stage %s failed", stage.name)
+                out, error = cands, f"{type(exc).__name__}: {exc}"
+            now = time.perf_counter()
+            col = out.stage_scores.get(stage.name)
+            scored = 0 if col is None or error else int((~np.isnan(col)).sum())
+            traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
+                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error))
+            cands = out
+        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3)
+
+    async def _fill_fields(self, cands: Candidates) -> None:
+        missing = [i for i, f in enumerate(cands.fields) if f is None]
+        if missing and self.documents is not None:
+            docs = await self.documents.fetch([cands.ids[i] for i in missing])
+            for i, d in zip(missing, docs):
+                cands.fields[i] = d

@@ -1,0 +1,197 @@
+"""BEIR-format datasets: corpus, queries and qrels, read from CASCADE_DATA_DIR or downloaded.
+
+Layout: ``NAME/corpus.jsonl[.gz]``, ``NAME/queries.jsonl``, ``NAME/qrels/SPLIT.tsv``.
+Corpus lines are checked one by one and a bad line is reported by its number;
+by default the load stops there, ``skip_bad=True`` skips and counts instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from cascade.errors import CorpusError, DatasetError
+from cascade.settings import Settings
+
+# Public BEIR archives (https://github.com/beir-cellar/beir): names that can be downloaded when not local.
+BEIR_PUBLIC = {
+    "scifact", "nfcorpus", "arguana", "fiqa", "scidocs", "trec-covid", "quora", "webis-touche2020",
+    "climate-fever", "dbpedia-entity", "fever", "hotpotqa", "msmarco", "nq", "cqadupstack",
+}
+
+
+@dataclass
+class LoadStats:
+    read: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few skipped lines, for the report
+
+
+def corpus_file(folder: Path) -> Path:
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DatasetError(f"{folder}: no corpus.jsonl or corpus.jsonl.gz")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def count_lines(path: Path) -> int:
+    with _open_text(path) as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def iter_corpus(path: Path, skip_bad: bool = False, stats: LoadStats | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, record) with ``_id`` as a string; blank lines are ignored."""
+    stats = stats if stats is not None else LoadStats()
+    seen: set[str] = set()
+    try:
+        fh = _open_text(path)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    with fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = _parse_record(line, seen)
+            except ValueError as exc:
+                if not skip_bad:
+                    raise CorpusError(str(path), n, f"{exc} (use --skip-bad-lines to skip and count such lines)") from None
+                stats.skipped += 1
+                if len(stats.errors) < 5:
+                    stats.errors.append(f"line {n}: {exc}")
+                continue
+            stats.read += 1
+            yield n, rec
+
+
+def _parse_record(line: str, seen: set[str]) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+    if "_id" not in rec:
+        raise ValueError("no _id field")
+    doc_id = rec["_id"]
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or str(doc_id).strip() == "":
+        raise ValueError(f"_id must be a non-empty string or integer, got {doc_id!r}")
+    rec["_id"] = str(doc_id)
+    if rec["_id"] in seen:
+        raise ValueError(f"duplicate _id {rec['_id']!r}")
+    seen.add(rec["_id"])
+    return rec
+
+
+def load_queries(folder: Path) -> dict[str, str]:
+    path = folder / "queries.jsonl"
+    if not path.is_file():
+        raise DatasetError(f"{path}: not found")
+    out: dict[str, str] = {}
+    with _open_text(path) as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out[str(rec["_id"])] = str(rec["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DatasetError(f"{path}:{n}: expected a JSON object with _id and text ({exc})") from None
+    return out
+
+
+def qrels_splits(folder: Path) -> list[str]:
+    return sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+
+
+def load_qrels(folder: Path, split: str) -> dict[str, dict[str, int]]:
+    path = folder / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        raise DatasetError(f"{path}: no qrels for split {split!r}; splits here: {', '.join(qrels_splits(folder)) or 'none'}")
+    out: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            parts = line.rstrip("\n").split("\t")
+            if n == 1 and parts[0] in ("query-id", "query_id", "qid"):
+                continue
+            if not line.strip():
+                continue
+            if len(parts) == 4:  # TREC qrels: qid iter docid rel
+                parts = [parts[0], parts[2], parts[3]]
+            if len(parts) != 3:
+                raise DatasetError(f"{path}:{n}: expected query-id, corpus-id and score separated by tabs")
+            try:
+                out.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+            except ValueError:
+                raise DatasetError(f"{path}:{n}: score {parts[2]!r} is not an integer") from None
+    return out
+
+
+def locate_dataset(name: str, settings: Settings, download: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> Path:
+    """The folder of dataset ``name``: under CASCADE_DATA_DIR, in the download cache, or downloaded."""
+    if "/" in name or name in ("", ".", ".."):
+        raise DatasetError(f"invalid dataset name {name!r}")
+    if settings.data_dir is not None:
+        d = Path(settings.data_dir).expanduser() / name
+        if d.is_dir():
+            return d
+    cached = settings.cache_dir / "datasets" / name
+    if cached.is_dir():
+        return cached
+    if not download or name not in BEIR_PUBLIC:
+        where = settings.data_dir or "(CASCADE_DATA_DIR unset)"
+        avail = sorted(p.name for p in Path(settings.data_dir).iterdir() if p.is_dir()) if settings.data_dir and Path(settings.data_dir).is_dir() else []
+        hint = f"; available there: {', '.join(avail)}" if avail else ""
+        raise DatasetError(f"dataset {name!r} not found under {where}{hint}")
+    return download_beir(name, settings, progress)
+
+
+def download_beir(name: str, settings: Settings, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Fetch ``{beir_url}/{name}.zip`` into the cache and unpack it (an interrupted download leaves nothing)."""
+    url = f"{settings.beir_url.rstrip('/')}/{name}.zip"
+    dest = settings.cache_dir / "datasets"
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        zpath = Path(tmp) / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(zpath, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0)
+                done = 0
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except (urllib.error.URLError, OSError) as exc:
+            raise DatasetError(f"could not download {url}: {getattr(exc, 'reason', exc)}; "
+                               f"set CASCADE_DATA_DIR to a folder holding {name}/") from None
+        try:
+            with zipfile.ZipFile(zpath) as zf:
+                zf.extractall(tmp)
+        except zipfile.BadZipFile:
+            raise DatasetError(f"{url}: not a zip archive") from None
+        unpacked = Path(tmp) / name
+        if not unpacked.is_dir():
+            raise DatasetError(f"{url}: archive has no top-level folder {name}/")
+        corpus_file(unpacked)
+        target = dest / name
+        if target.exists():
+            shutil.rmtree(target)
+        unpacked.rename(target)
+    return target

@@ -1,0 +1,147 @@
+"""Queries and their filters, validated against an index's config.
+
+Filters use OpenSearch-like shapes so a request reads the same whichever backend
+answers it: ``{"journal": "Nature"}`` (term), ``{"journal": ["Nature", "Cell"]}``
+(any of), ``{"year": {"gte": 2010, "lt": 2020}}`` (range on numbers or dates).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from cascade.errors import QueryError
+
+RANGE_OPS = ("gt", "gte", "lt", "lte")
+
+
+@dataclass(frozen=True)
+class TermFilter:
+    field: str
+    type: str  # keyword | integer | float | date
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class RangeFilter:
+    field: str
+    type: str
+    gt: Any = None
+    gte: Any = None
+    lt: Any = None
+    lte: Any = None
+
+
+Filter = TermFilter | RangeFilter
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a caller asks for. ``filters`` are parsed by :func:`validate_query` into typed filters."""
+
+    text: str
+    filters: dict[str, Any] = field(default_factory=dict)
+    size: int = 10
+    offset: int = 0
+    user_id: str | None = None
+    session_id: str | None = None
+    id: str | None = None  # a query id, for evaluation runs
+    parsed_filters: tuple[Filter, ...] = ()
+
+
+def to_epoch_seconds(value: Any, name: str) -> float:
+    """Dates are compared as UTC epoch seconds everywhere (filters, stored columns, features)."""
+    if isinstance(value, bool):
+        raise QueryError(name, f"expected a date (ISO 8601 string), got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        d = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return d.timestamp()
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).timestamp()
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            if len(s) == 4 and s.isdigit():
+                return dt.datetime(int(s), 1, 1, tzinfo=dt.timezone.utc).timestamp()
+            d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        except ValueError:
+            raise QueryError(name, f"expected a date like 2021-03-04 or 2021-03-04T10:00:00Z, got {value!r}") from None
+        return to_epoch_seconds(d, name)
+    raise QueryError(name, f"expected a date (ISO 8601 string), got {type(value).__name__}")
+
+
+def _coerce(value: Any, ftype: str, name: str) -> Any:
+    if ftype == "keyword":
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        raise QueryError(name, f"expected a string for keyword field, got {type(value).__name__}")
+    if ftype in ("integer", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    return int(value) if ftype == "integer" else float(value)
+                except ValueError:
+                    pass
+            raise QueryError(name, f"expected a number for {ftype} field, got {value!r}")
+        if ftype == "integer" and isinstance(value, float) and not value.is_integer():
+            raise QueryError(name, f"expected an integer, got {value!r}")
+        return int(value) if ftype == "integer" else float(value)
+    if ftype == "date":
+        return to_epoch_seconds(value, name)
+    raise QueryError(name, f"field of type {ftype} cannot be filtered on")
+
+
+def parse_filters(filters: dict[str, Any], field_types: dict[str, str]) -> tuple[Filter, ...]:
+    """Check each filter against the index's fields and turn it into a typed filter."""
+    if not isinstance(filters, dict):
+        raise QueryError("filters", "expected an object mapping field names to values")
+    filterable = {n: t for n, t in field_types.items() if t != "text"}
+    out: list[Filter] = []
+    for fname, spec in filters.items():
+        key = f"filters.{fname}"
+        if fname not in field_types:
+            raise QueryError(key, f"unknown field; filterable fields: {sorted(filterable) or 'none'}")
+        ftype = field_types[fname]
+        if ftype == "text":
+            raise QueryError(key, f"text fields cannot be filtered on; filterable fields: {sorted(filterable) or 'none'}")
+        if isinstance(spec, dict):
+            bad = [k for k in spec if k not in RANGE_OPS]
+            if bad or not spec:
+                raise QueryError(key, f"range filters take {', '.join(RANGE_OPS)}; got {sorted(spec) or 'nothing'}")
+            if ftype == "keyword":
+                raise QueryError(key, "range filters need a numeric or date field")
+            bounds = {op: _coerce(v, ftype, f"{key}.{op}") for op, v in spec.items()}
+            out.append(RangeFilter(fname, ftype, **bounds))
+        elif isinstance(spec, list):
+            if not spec:
+                raise QueryError(key, "an empty list matches nothing; give at least one value")
+            out.append(TermFilter(fname, ftype, tuple(_coerce(v, ftype, key) for v in spec)))
+        else:
+            out.append(TermFilter(fname, ftype, (_coerce(spec, ftype, key),)))
+    return tuple(out)
+
+
+def validate_query(query: Query, field_types: dict[str, str], max_size: int, max_chars: int) -> Query:
+    """Return the query with typed filters, or raise :class:`QueryError` naming the field."""
+    if not isinstance(query.text, str) or not query.text.strip():
+        raise QueryError("text", "query text is empty")
+    if len(query.text) > max_chars:
+        raise QueryError("text", f"query is {len(query.text)} characters; the limit is {max_chars}")
+    if not 1 <= query.size <= max_size:
+        raise QueryError("size", f"must be between 1 and {max_size}, got {query.size}")
+    if query.offset < 0 or query.offset + query.size > max_size:
+        raise QueryError("from", f"from + size must be at most {max_size}, got {query.offset} + {query.size}")
+    parsed = parse_filters(query.filters, field_types)
+    return Query(
+        text=query.text.strip(),
+        filters=query.filters,
+        size=query.size,
+        offset=query.offset,
+        user_id=query.user_id,
+        session_id=query.session_id,
+        id=query.id,
+        parsed_filters=parsed,
+    )

@@ -1,0 +1,122 @@
+"""Turning an evaluation into things people read: a terminal table, Markdown, a plot, machine facts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+from rich.table import Table
+
+from cascade.evaluation import EvalReport
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import torch
+
+        tv = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        tv = ""
+    return f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}{tv}, no GPU"
+
+
+def rich_table(rep: EvalReport) -> Table:
+    t = Table(title=f"{rep.dataset} {rep.split}: {rep.queries} queries, cascade {rep.index} v{rep.config_version}")
+    t.add_column("step", no_wrap=True)
+    for col, just in [("nDCG@10", "right"), ("R@100", "right"), ("MRR@10", "right"),
+                      ("p50 ms", "right"), ("p95 ms", "right"), ("step p50 ms", "right"), ("CE pairs/q", "right")]:
+        t.add_column(col, justify=just)
+    best = max(s.ndcg_10 for s in rep.stages)
+    for s in rep.stages:
+        nd = f"{s.ndcg_10:.4f}"
+        t.add_row(s.name, f"[bold green]{nd}[/]" if s.ndcg_10 == best else nd, f"{s.recall_100:.4f}",
+                  f"{s.mrr_10:.4f}", f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}", f"{s.step_p50_ms:.1f}",
+                  f"{s.ce_pairs_per_query:.0f}")
+    return t
+
+
+def markdown_table(rep: EvalReport) -> str:
+    lines = ["| step | nDCG@10 | R@100 | MRR@10 | p50 ms | p95 ms | step p50 ms | CE pairs/query |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in rep.stages:
+        lines.append(f"| {s.name} | {s.ndcg_10:.4f} | {s.recall_100:.4f} | {s.mrr_10:.4f} | {s.p50_ms:.1f} | "
+                     f"{s.p95_ms:.1f} | {s.step_p50_ms:.1f} | {s.ce_pairs_per_query:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rep: EvalReport, path: Path) -> Path:
+    """nDCG@10 against cumulative p50 latency, one point per step: the cost of each step at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [s.name for s in rep.stages]
+    colors = ["#7f7f7f" if s.kind == "retriever" else "#1f77b4" if s.kind == "fusion" else "#d62728"
+              for s in rep.stages]
+    bars = ax1.bar(names, [s.ndcg_10 for s in rep.stages], color=colors)
+    ax1.bar_label(bars, fmt="%.3f")
+    ax1.set_ylabel("nDCG@10")
+    ax1.set_ylim(0, max(s.ndcg_10 for s in rep.stages) * 1.18)
+    ax1.set_title("Quality per step")
+    for s, c in zip(rep.stages, colors):
+        ax2.scatter(max(s.p50_ms, 0.1), s.ndcg_10, color=c, s=60)
+        ax2.annotate(s.name, (max(s.p50_ms, 0.1), s.ndcg_10), textcoords="offset points", xytext=(6, 4))
+    ax2.set_xscale("log")
+    ax2.set_xlabel("p50 latency up to this step (ms, log)")
+    ax2.set_ylabel("nDCG@10")
+    ax2.set_title("Quality against latency")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"{rep.dataset} {rep.split} ({rep.queries} queries), cascade {rep.index} v{rep.config_version}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_section(rep: EvalReport, command: str, image: str | None) -> str:
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    plan = " → ".join(
+        f"{p['name']}" + (f" (k={p['k']})" if p.get("type") in ("bm25", "knn") else "")
+        + (f" (keep {p['keep']})" if p.get("type") in ("rrf", "linear") else "")
+        + (f" (rerank {p['rerank']})" if p.get("rerank") else "") for p in rep.plan)
+    out = [f"Command: `{command}`  ", f"Machine: {machine()}  ", f"Run: {when}, {rep.seconds:.0f} s for "
+           f"{rep.queries} queries  ", f"Cascade: {plan}", "", markdown_table(rep), ""]
+    if image:
+        out += [f"![{rep.dataset} per-step quality and latency]({image})", ""]
+    out += ["p50/p95 ms are cumulative (search start to the end of that step; a retriever's own time for "
+            "bm25/knn, which run concurrently); step p50 is the step alone. CE pairs/query counts "
+            "cross-encoder (query, document) pairs scored up to that step.", ""]
+    return "\n".join(out)
+
+
+def update_section(doc: Path, key: str, title: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- key:start -->`` and ``<!-- key:end -->``."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = f"{start}\n## {title}\n\n{body}\n{end}"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n\nEvery number here was produced by the command printed with it.\n"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text, encoding="utf-8")

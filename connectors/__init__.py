@@ -1,0 +1,18 @@
+"""Backends and model clients. ``open_backend`` picks the backend a config names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cascade.config import IndexConfig
+    from cascade.settings import Settings
+
+
+def open_backend(config: "IndexConfig", settings: "Settings"):
+    kind = config.backend.type
+    if kind == "embedded":
+        from connectors.embedded import EmbeddedBackend
+
+        return EmbeddedBackend(config, settings)
+    raise ValueError(f"unknown backend {kind!r}")  # unreachable: the config schema allows only known types

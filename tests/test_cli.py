@@ -1,0 +1,101 @@
+"""The CLI as a user runs it: index a corpus file, search it, see errors that say what is wrong."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cascade.cli import app
+from cascade.settings import get_settings
+from tests.conftest import TINY_DOCS, write_corpus
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CASCADE_INDEX_DIR", str(tmp_path / "idx"))
+    monkeypatch.setenv("CASCADE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("CASCADE_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_index_own_corpus_writes_starter_config_then_search(env):
+    corpus = write_corpus(env / "docs.jsonl")
+    r = run("index", "--corpus", str(corpus), "--index", "mydocs")
+    assert r.exit_code == 0, r.output
+    assert "indexed 6 documents" in r.output
+    cfg_file = env / "configs" / "mydocs.yaml"
+    assert cfg_file.is_file() and "index: mydocs" in cfg_file.read_text()
+    # A second run reuses the index.
+    r = run("index", "--corpus", str(corpus), "--index", "mydocs")
+    assert r.exit_code == 0 and "up to date" in r.output
+
+    r = run("search", "--index", "mydocs", "--json", "--size", "2", "photovoltaic sunlight")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["hits"][0]["id"] == "d1" and len(out["hits"]) == 2 and out["degraded"] == []
+
+    r = run("search", "--index", "mydocs", "--explain", "--json", "deep ocean")
+    out = json.loads(r.stdout)
+    assert [t["name"] for t in out["trace"]] == ["bm25", "knn", "fusion"]
+    assert [p["name"] for p in out["plan"]] == ["bm25", "knn", "fusion"]
+    assert "retrievers" in out["hits"][0] and out["hits"][0]["id"] == "d6"
+
+    r = run("search", "--index", "mydocs", "--explain", "solar")
+    assert r.exit_code == 0 and "fusion" in r.output and "bm25" in r.output
+
+
+def test_search_errors_name_the_problem(env):
+    write_corpus(env / "docs.jsonl")
+    assert run("index", "--corpus", str(env / "docs.jsonl"), "--index", "mydocs").exit_code == 0
+    r = run("search", "--index", "mydocs", "   ")
+    assert r.exit_code == 2 and "text: query text is empty" in r.output
+    r = run("search", "--index", "mydocs", "--size", "500", "solar")
+    assert r.exit_code == 2 and "size: must be between 1 and 100" in r.output
+    r = run("search", "--index", "mydocs", "--filter", "colour=red", "solar")
+    assert r.exit_code == 2 and "filters.colour: unknown field" in r.output
+    r = run("search", "--index", "mydocs", "--filter", "oops", "solar")
+    assert r.exit_code == 2 and "expected FIELD=VALUE" in r.output
+    r = run("search", "--index", "absent", "solar")
+    assert r.exit_code == 2 and "no cascade config for index 'absent'" in r.output
+
+
+def test_bad_corpus_line_stops_or_is_skipped(env):
+    p = env / "docs.jsonl"
+    p.write_text(json.dumps(TINY_DOCS[0]) + "\n{broken\n" + json.dumps(TINY_DOCS[1]) + "\n")
+    r = run("index", "--corpus", str(p), "--index", "broken")
+    assert r.exit_code == 2 and f"{p}:2: not valid JSON" in r.output
+    r = run("index", "--corpus", str(p), "--index", "broken", "--skip-bad-lines")
+    assert r.exit_code == 0 and "indexed 2 documents" in r.output and "skipped 1 bad lines" in r.output
+
+
+def test_index_argument_errors(env):
+    assert "either --dataset" in run("index").output
+    assert "--corpus needs --index" in run("index", "--corpus", "x.jsonl").output
+    r = run("index", "--corpus", str(env / "nope.jsonl"), "--index", "x")
+    assert r.exit_code == 2 and "is not a file" in r.output
+
+
+def test_config_check_reports_file_and_key(env):
+    d = env / "configs"
+    d.mkdir()
+    (d / "good.yaml").write_text("index: good\n")
+    r = run("config", "check", str(d))
+    assert r.exit_code == 0 and "ok good v1: bm25 → knn → fusion" in r.output
+    (d / "zbad.yaml").write_text("index: zbad\nstages:\n  - {type: cross_encoder, model: m, rerank: 0}\n")
+    r = run("config", "check", str(d))
+    assert r.exit_code == 2 and "zbad.yaml: stages.0.rerank" in r.output
+
+
+def test_filter_flag_parsing():
+    from cascade.cli import _parse_filter
+
+    assert _parse_filter(["year>=2010", "year<2020", "journal=Nature,Cell", "x=3"]) == {
+        "year": {"gte": 2010, "lt": 2020}, "journal": ["Nature", "Cell"], "x": 3}

@@ -1,0 +1,166 @@
+"""The controller's contract, with small in-process retrievers and stages written for the test.
+
+These are real implementations of the Retriever and Stage protocols (deterministic
+lists and scores), not mocks of an external service.
+"""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from cascade.candidates import Hit
+from cascade.config import parse_config
+from cascade.controller import Cascade
+from cascade.errors import QueryError
+from cascade.query import Query
+from cascade.stages.base import Reranker
+
+
+class ListRetriever:
+    def __init__(self, name, hits, delay=0.0, fail=False):
+        self.name, self.hits, self.delay, self.fail = name, hits, delay, fail
+        self.seen_k = None
+
+    async def retrieve(self, query, k):
+        self.seen_k = k
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise ConnectionError("backend down")
+        return self.hits[:k]
+
+
+class Docs:
+    def __init__(self):
+        self.calls = []
+
+    async def fetch(self, ids):
+        self.calls.append(list(ids))
+        return [{"title": f"doc {i}", "text": f"text of {i}"} for i in ids]
+
+
+class ScoreBy(Reranker):
+    """Scores candidates by a fixed table (a stand-in for a model whose output we choose)."""
+
+    kind = "test_scorer"
+
+    def __init__(self, name, table, rerank=None, keep=None, fail=False):
+        super().__init__(name, rerank, keep)
+        self.table, self.fail, self.seen = table, fail, []
+
+    async def score(self, query, candidates, deadline):
+        self.seen.append(list(candidates.ids))
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return np.array([self.table.get(i, 0.0) for i in candidates.ids])
+
+
+def config(**kw):
+    base = {"index": "t", "retrievers": {"bm25": {"k": 5}, "knn": {"k": 5}}, "fusion": {"method": "rrf", "k": 0, "keep": 4}}
+    base.update(kw)
+    return parse_config(base, "t.yaml")
+
+
+def make(stages=(), bm25_fail=False, delay=0.0):
+    bm25 = ListRetriever("bm25", [Hit("a", 9), Hit("b", 8), Hit("c", 7), Hit("d", 6), Hit("e", 5), Hit("f", 4)],
+                         delay=delay, fail=bm25_fail)
+    knn = ListRetriever("knn", [Hit("c", 0.9, {"title": "C"}), Hit("g", 0.8), Hit("a", 0.7)], delay=delay)
+    docs = Docs()
+    return Cascade(config(), {"bm25": bm25, "knn": knn}, list(stages), docs), bm25, knn, docs
+
+
+async def test_retrievers_fusion_and_trace():
+    c, bm25, knn, docs = make()
+    res = await c.search(Query("q", size=3))
+    assert bm25.seen_k == 5 and knn.seen_k == 5
+    # RRF k=0: a = 1 + 1/3, c = 1/3 + 1, b = 1/2, g = 1/2 -> keep 4
+    assert res.candidates.ids == ["a", "c", "b", "g"]
+    names = [(t.name, t.kind, t.n_in, t.n_out) for t in res.traces]
+    assert names == [("bm25", "retriever", 0, 5), ("knn", "retriever", 0, 3), ("fusion", "fusion", 6, 4)]
+    assert res.traces[0].ids == ["a", "b", "c", "d", "e"]
+    assert all(t.ms >= 0 and t.elapsed_ms >= t.ms for t in res.traces)
+    # fields: knn gave c's fields, the rest were fetched in one call
+    assert docs.calls == [["a", "b", "g"]]
+    assert res.candidates.fields[1] == {"title": "C"}
+    hits = res.hits(explain=True)
+    assert [h["id"] for h in hits] == ["a", "c", "b"]
+    assert hits[0]["retrievers"] == {"bm25": {"score": 9.0, "rank": 1}, "knn": {"score": 0.7, "rank": 3}}
+
+
+async def test_retrievers_run_concurrently():
+    c, *_ = make(delay=0.2)
+    res = await c.search(Query("q"))
+    fusion = res.traces[2]
+    # Both retrievers slept 0.2 s; run one after the other they would need 0.4 s.
+    assert fusion.elapsed_ms < 380
+
+
+async def test_stage_rerank_window_and_keep():
+    s1 = ScoreBy("s1", {"a": 0.1, "c": 0.5, "b": 0.9}, rerank=3, keep=4)
+    s2 = ScoreBy("s2", {"a": 5.0, "b": 1.0}, rerank=2, keep=2)
+    c, *_ = make([s1, s2])
+    res = await c.search(Query("q", size=2))
+    # s1 scored only the top 3 (a, c, b); g stays below them in its previous place.
+    assert s1.seen == [["a", "c", "b"]]
+    assert res.traces[3].ids == ["b", "c", "a", "g"] and res.traces[3].scored == 3
+    assert s2.seen == [["b", "c"]]
+    assert res.candidates.ids == ["b", "c"] and res.traces[4].n_in == 4 and res.traces[4].n_out == 2
+    assert res.traces[4].scored == 2
+    st = res.candidates.stage_scores
+    assert st["s1"].tolist() == [0.9, 0.5] and st["s2"].tolist() == [1.0, 0.0]
+
+
+async def test_rescored_rank_above_the_rest_and_score_is_last_stage():
+    s = ScoreBy("s", {"b": -100.0, "c": -200.0}, rerank=2)
+    c, *_ = make([s])
+    res = await c.search(Query("q", size=4))
+    # a and c re-scored (negative scores) still rank above b and g, which were not.
+    assert res.candidates.ids == ["a", "c", "b", "g"]
+    assert res.candidates.score[0] == 0.0 and res.candidates.score[1] == -200.0
+    assert np.isnan(res.candidates.stage_scores["s"][2])
+
+
+async def test_failing_stage_degrades_and_is_flagged():
+    boom = ScoreBy("boom", {}, fail=True)
+    after = ScoreBy("after", {"g": 1.0})
+    c, *_ = make([boom, after])
+    res = await c.search(Query("q", size=4))
+    assert res.degraded == ["boom"]
+    assert "model exploded" in res.traces[3].error and res.traces[3].scored == 0
+    assert res.candidates.ids[0] == "g"  # later stages still ran on the fusion order
+
+
+async def test_failing_retriever_degrades():
+    c, *_ = make(bm25_fail=True)
+    res = await c.search(Query("q"))
+    assert res.degraded == ["bm25"] and "backend down" in res.traces[0].error
+    assert res.candidates.ids == ["c", "g", "a"]
+
+
+async def test_every_retriever_failing_is_an_error():
+    c, bm25, knn, _ = make(bm25_fail=True)
+    knn.fail = True
+    with pytest.raises(RuntimeError, match="every retriever failed"):
+        await c.search(Query("q"))
+
+
+async def test_query_is_validated_before_anything_runs():
+    c, bm25, *_ = make()
+    with pytest.raises(QueryError) as e:
+        await c.search(Query("ok", size=1000))
+    assert e.value.field == "size" and bm25.seen_k is None
+
+
+async def test_pagination_offsets_into_final_order():
+    c, *_ = make()
+    res = await c.search(Query("q", size=2, offset=2))
+    assert [h["id"] for h in res.hits()] == ["b", "g"]
+
+
+def test_plan_mirrors_config():
+    s = ScoreBy("s", {}, rerank=3, keep=2)
+    c, *_ = make([s])
+    plan = c.plan()
+    assert [p["name"] for p in plan] == ["bm25", "knn", "fusion", "s"]
+    assert plan[2] == {"name": "fusion", "type": "rrf", "keep": 4, "k": 0}
+    assert plan[3]["rerank"] == 3 and plan[3]["keep"] == 2

@@ -1,0 +1,81 @@
+import pytest
+
+from cascade.errors import QueryError
+from cascade.query import Query, RangeFilter, TermFilter, parse_filters, to_epoch_seconds, validate_query
+
+TYPES = {"title": "text", "journal": "keyword", "year": "integer", "cites": "float", "published": "date"}
+
+
+def v(q: Query, max_size=100, max_chars=50):
+    return validate_query(q, TYPES, max_size, max_chars)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_query_names_text(text):
+    with pytest.raises(QueryError) as e:
+        v(Query(text))
+    assert e.value.field == "text" and "empty" in e.value.message
+
+
+def test_query_too_long():
+    with pytest.raises(QueryError, match="limit is 50") as e:
+        v(Query("x" * 51))
+    assert e.value.field == "text"
+
+
+@pytest.mark.parametrize("size", [0, -1, 101])
+def test_size_bounds(size):
+    with pytest.raises(QueryError, match="between 1 and 100") as e:
+        v(Query("ok", size=size))
+    assert e.value.field == "size"
+
+
+def test_from_plus_size_bound():
+    with pytest.raises(QueryError) as e:
+        v(Query("ok", size=10, offset=95))
+    assert e.value.field == "from"
+
+
+def test_text_is_stripped_and_filters_typed():
+    q = v(Query("  solar  ", filters={"journal": "Energy", "year": {"gte": 2019, "lt": "2022"},
+                                      "published": {"gte": "2020-01-01"}, "cites": [1, 2.5]}))
+    assert q.text == "solar"
+    assert q.parsed_filters == (
+        TermFilter("journal", "keyword", ("Energy",)),
+        RangeFilter("year", "integer", gte=2019, lt=2022),
+        RangeFilter("published", "date", gte=to_epoch_seconds("2020-01-01", "x")),
+        TermFilter("cites", "float", (1.0, 2.5)),
+    )
+
+
+@pytest.mark.parametrize(
+    "filters, field, text",
+    [
+        ({"colour": "red"}, "filters.colour", "unknown field"),
+        ({"title": "x"}, "filters.title", "text fields cannot be filtered"),
+        ({"year": "recent"}, "filters.year", "expected a number"),
+        ({"year": 2019.5}, "filters.year", "expected an integer"),
+        ({"year": {"after": 3}}, "filters.year", "range filters take"),
+        ({"journal": {"gte": "a"}}, "filters.journal", "numeric or date"),
+        ({"published": {"gte": "last tuesday"}}, "filters.published.gte", "expected a date"),
+        ({"journal": []}, "filters.journal", "empty list"),
+        ({"journal": 3.5}, "filters.journal", "expected a string"),
+        ({"year": True}, "filters.year", "expected a number"),
+    ],
+)
+def test_bad_filters_name_the_field(filters, field, text):
+    with pytest.raises(QueryError) as e:
+        parse_filters(filters, TYPES)
+    assert e.value.field == field and text in e.value.message, str(e.value)
+
+
+def test_filters_must_be_an_object():
+    with pytest.raises(QueryError) as e:
+        parse_filters(["year"], TYPES)  # type: ignore[arg-type]
+    assert e.value.field == "filters"
+
+
+def test_dates_are_utc_epoch_seconds():
+    assert to_epoch_seconds("1970-01-02", "d") == 86400.0
+    assert to_epoch_seconds("1970-01-01T01:00:00Z", "d") == 3600.0
+    assert to_epoch_seconds("1971", "d") == 365 * 86400.0
