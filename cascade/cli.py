@@ -54,7 +54,7 @@ def _settings():
     return get_settings()
 
 
-def _config_for(name: str, config_file: Optional[Path], create: bool):
+def _config_for(name: str, config_file: Optional[Path], create: bool, backend: Optional[str] = None):
     """The index's config: an explicit file, CASCADE_CONFIG_DIR/NAME.yaml, a built-in one, or a new starter."""
     from cascade.config import dump_config, find_config_file, load_config_file, starter_config
 
@@ -69,6 +69,10 @@ def _config_for(name: str, config_file: Optional[Path], create: bool):
 
         return load_config(name, s.config_dir)  # raises with the paths it looked at
     cfg = starter_config(name)
+    if backend == "opensearch":
+        from cascade.config import OpenSearchBackendConfig
+
+        cfg = cfg.model_copy(update={"backend": OpenSearchBackendConfig()})
     s.config_dir.mkdir(parents=True, exist_ok=True)
     out = s.config_dir / f"{name}.yaml"
     out.write_text(f"# Starter cascade written by `cascade index`; edit it and bump `version`.\n{dump_config(cfg)}")
@@ -106,6 +110,38 @@ def _build(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
         err.print(f"  [yellow]skipped[/] {e}")
 
 
+def _build_opensearch(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
+    """Create the config's index in its OpenSearch cluster and bulk-load the corpus with embeddings."""
+    from cascade.datasets import LoadStats, count_lines, iter_corpus
+    from connectors.opensearch.admin import load_corpus
+
+    total = count_lines(corpus)
+    stats = LoadStats()
+    hosts = ", ".join(cfg.backend.hosts)
+    with _progress() as prog:
+        task = prog.add_task(f"loading {cfg.backend.index_name(cfg.index)} at {hosts}", total=total)
+        rep = asyncio.run(load_corpus(cfg, iter_corpus(corpus, skip_bad=skip_bad, stats=stats), _settings(),
+                                      source=str(corpus), rebuild=rebuild, skip_bad=skip_bad,
+                                      on_progress=lambda done: prog.update(task, completed=done + stats.skipped)))
+    if rep.existed:
+        err.print(f"index [bold]{rep.index}[/] already exists at {hosts} ({rep.count} documents); "
+                  f"--rebuild deletes it and loads it again")
+        return
+    skipped = stats.skipped + rep.skipped
+    err.print(f"loaded [bold]{rep.docs}[/] documents into {rep.index} at {hosts} in {rep.seconds:.1f} s "
+              f"(embedding {rep.embed_seconds:.1f} s; the index holds {rep.count})"
+              + (f"; [yellow]skipped {skipped} bad lines[/]" if skipped else ""))
+    for e in stats.errors:
+        err.print(f"  [yellow]skipped[/] {e}")
+    if rep.failed:
+        err.print(f"[bold red]{len(rep.failed)} documents were refused by the cluster:[/]")
+        for f in rep.failed[:20]:
+            err.print(f"  {f}", markup=False)
+        if len(rep.failed) > 20:
+            err.print(f"  ... and {len(rep.failed) - 20} more")
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def index(
     dataset: Optional[str] = typer.Option(None, help="A BEIR dataset under CASCADE_DATA_DIR (downloaded if missing)."),
@@ -114,8 +150,9 @@ def index(
     config: Optional[Path] = typer.Option(None, help="Cascade YAML (default: CASCADE_CONFIG_DIR/NAME.yaml)."),
     rebuild: bool = typer.Option(False, help="Build again even if an up-to-date index exists."),
     skip_bad_lines: bool = typer.Option(False, help="Skip and count corpus lines that are not valid records."),
+    backend: Optional[str] = typer.Option(None, help="embedded or opensearch (default: the config's backend.type)."),
 ) -> None:
-    """Build (or reuse) an embedded index: BM25 over text fields, embeddings for kNN, filter columns."""
+    """Build (or reuse) an index: embedded (tantivy + faiss on disk) or in the OpenSearch cluster the config names."""
     _setup()
     try:
         if (dataset is None) == (corpus is None):
@@ -131,8 +168,16 @@ def index(
 
             path = corpus_file(_dataset_dir(dataset))
             index_name = index_name or dataset
-        cfg = _config_for(index_name, config, create=True)
-        _build(cfg, path, rebuild, skip_bad_lines)
+        if backend not in (None, "embedded", "opensearch"):
+            raise CascadeError(f"--backend: expected embedded or opensearch, got {backend!r}")
+        cfg = _config_for(index_name, config, create=True, backend=backend)
+        if (backend or cfg.backend.type) != cfg.backend.type:
+            raise CascadeError(f"--backend {backend}: the config of {cfg.index} says backend.type: {cfg.backend.type}; "
+                               f"set backend.type: {backend} there (docs/config.md) so that search uses the same index")
+        if cfg.backend.type == "opensearch":
+            _build_opensearch(cfg, path, rebuild, skip_bad_lines)
+        else:
+            _build(cfg, path, rebuild, skip_bad_lines)
     except CascadeError as exc:
         _fail(exc)
 

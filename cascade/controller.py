@@ -20,7 +20,7 @@ from cascade.config import IndexConfig, RRFConfig
 from cascade.errors import CascadeError
 from cascade.fusion import fuse
 from cascade.query import Query, validate_query
-from cascade.retrieval import DocumentSource, Retriever
+from cascade.retrieval import DocumentSource, MultiRetriever, Retriever
 from cascade.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,11 @@ class Cascade:
         retrievers: dict[str, Retriever],
         stages: list[Stage],
         documents: DocumentSource | None = None,
+        multi: MultiRetriever | None = None,
     ):
         self.config, self.retrievers, self.stages, self.documents = config, retrievers, stages, documents
+        # One round trip for every retriever when the backend (the document source) offers it.
+        self.multi = multi if multi is not None else (documents if isinstance(documents, MultiRetriever) else None)
         self._field_types = {n: f.type for n, f in config.fields.items()}
 
     @classmethod
@@ -137,12 +140,37 @@ class Cascade:
                            [h.id for h in hits], [h.score for h in hits], error)
         return hits, trace
 
+    async def _retrieve_many(self, query: Query, t0: float) -> list[tuple[list[Hit], StageTrace]]:
+        """Every retriever in one backend call; each still gets its own trace (sharing the round trip's time)."""
+        ks = {n: self.config.retrievers[n].k for n in self.retrievers}
+        t = time.perf_counter()
+        try:
+            answers: dict = await self.multi.retrieve_many(query, ks)
+        except CascadeError:
+            raise
+        except Exception as exc:  # the whole round trip failed: every retriever is degraded alike
+            log.exception("retrievers %s failed", ", ".join(ks))
+            answers = {n: exc for n in ks}
+        now = time.perf_counter()
+        out = []
+        for name in ks:
+            got = answers.get(name, LookupError(f"the backend returned no answer for retriever {name!r}"))
+            hits, error = (got, None) if isinstance(got, list) else ([], f"{type(got).__name__}: {got}")
+            if error:
+                log.warning("retriever %s failed: %s", name, error)
+            out.append((hits, StageTrace(name, "retriever", 0, len(hits), len(hits), (now - t) * 1e3,
+                                         (now - t0) * 1e3, [h.id for h in hits], [h.score for h in hits], error)))
+        return out
+
     async def search(self, query: Query, *, validated: bool = False, budget_ms: float | None = None) -> SearchResult:
         t0 = time.perf_counter()
         deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
         if not validated:
             query = self.validate(query)
-        pairs = await asyncio.gather(*(self._retrieve(n, r, query, t0) for n, r in self.retrievers.items()))
+        if self.multi is not None:
+            pairs = await self._retrieve_many(query, t0)
+        else:
+            pairs = await asyncio.gather(*(self._retrieve(n, r, query, t0) for n, r in self.retrievers.items()))
         traces = [tr for _, tr in pairs]
         if all(tr.error for tr in traces):
             raise RuntimeError("every retriever failed: " + "; ".join(f"{t.name}: {t.error}" for t in traces))

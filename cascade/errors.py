@@ -56,3 +56,15 @@ class IndexNotFound(CascadeError):
 
 class ModelNotFound(CascadeError):
     """A model name resolves neither to a local path nor to a reachable hub model."""
+
+
+class BackendError(CascadeError):
+    """A search backend refused or failed a request; the message carries the backend's own reason.
+
+    ``status`` is the HTTP status when there was one (None for a connection
+    failure or a timeout), so callers can tell a bad request from an outage.
+    """
+
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None):
+        self.status, self.kind = status, kind
+        super().__init__(message)

@@ -15,4 +15,8 @@ def open_backend(config: "IndexConfig", settings: "Settings"):
         from connectors.embedded import EmbeddedBackend
 
         return EmbeddedBackend(config, settings)
+    if kind == "opensearch":
+        from connectors.opensearch import OpenSearchBackend
+
+        return OpenSearchBackend(config, settings)
     raise ValueError(f"unknown backend {kind!r}")  # unreachable: the config schema allows only known types
