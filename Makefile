@@ -14,6 +14,7 @@ export CASCADE_MODELS_DIR ?= $(abspath ../shared/models)
 endif
 export CASCADE_INDEX_DIR ?= $(abspath .cascade/indexes)
 export CASCADE_CACHE_DIR ?= $(abspath .cascade/cache)
+export CASCADE_TRAINED_DIR ?= $(abspath .cascade/models)
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test bench venv clean
@@ -29,6 +30,14 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(BIN)/cascade demo --report docs/benchmarks.md --plot docs/img/demo-scifact.png
+
+# Speed and quality numbers for docs/benchmarks.md (each section records its own command and machine).
+bench: venv
+	$(BIN)/cascade demo --prepare-only
+	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
+	$(BIN)/cascade index --dataset cranfield
+	$(BIN)/cascade features log --dataset cranfield --split test --out .cascade/logs/cranfield-test.parquet
+	$(BIN)/cascade train ltr --data .cascade/logs/cranfield-test.parquet --cv 5 --dataset cranfield --split test --report docs/benchmarks.md
 
 test: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs

@@ -32,6 +32,7 @@ class Candidates:
     stage_scores: dict[str, np.ndarray] = field(default_factory=dict)  # NaN: not scored by that stage
     features: np.ndarray | None = None  # (n, len(feature_names)) float32
     feature_names: list[str] = field(default_factory=list)
+    scored: dict[str, int] = field(default_factory=dict)  # per stage: how many candidates it scored (before any cut)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,6 +53,7 @@ class Candidates:
             stage_scores={k: v[idx] for k, v in self.stage_scores.items()},
             features=None if self.features is None else self.features[idx],
             feature_names=list(self.feature_names),
+            scored=dict(self.scored),
         )
 
     def head(self, n: int | None) -> "Candidates":

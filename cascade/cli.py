@@ -24,6 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="cascade: BM25 + kNN candidates, fusion and re-ranking stages, declared per index.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate cascade configs.")
 app.add_typer(config_app, name="config")
+features_app = typer.Typer(no_args_is_help=True, help="Learning-to-rank feature logs.")
+app.add_typer(features_app, name="features")
+train_app = typer.Typer(no_args_is_help=True, help="Train models from feature logs.")
+app.add_typer(train_app, name="train")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages carry paths: never wrap them
 
@@ -222,10 +226,13 @@ def _parse_filter(specs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _cascade(name: str, config: Optional[Path]):
+def _cascade(name: str, config: Optional[Path], stages: bool = True):
     from cascade.controller import Cascade
 
-    return Cascade.from_config(_config_for(name, config, create=False), _settings())
+    cfg = _config_for(name, config, create=False)
+    if not stages:  # candidates and features only: what feature logs need (and the models may not exist yet)
+        cfg = cfg.model_copy(update={"stages": []})
+    return Cascade.from_config(cfg, _settings())
 
 
 @app.command()
@@ -285,6 +292,15 @@ def search(
         row.append(snippet)
         table.add_row(*row)
     console.print(table)
+    if explain and hits and hits[0].get("features"):
+        top = hits[:5]
+        ft = Table(title="features of the top hits (what the ltr stage scored)")
+        ft.add_column("feature")
+        for h in top:
+            ft.add_column(h["id"], justify="right")
+        for name in hits[0]["features"]:
+            ft.add_row(name, *(f"{h['features'][name]:.4g}" if h["features"][name] is not None else "-" for h in top))
+        console.print(ft)
     for name in res.degraded:
         err.print(f"[yellow]degraded:[/] step {name} failed; the ranking was built without it")
 
@@ -345,6 +361,25 @@ def eval_cmd(
         _fail(exc)
 
 
+def _train_missing_ltr(cfg, dataset: str) -> None:
+    """Train the LTR models a config names but nobody has trained yet, on the dataset's train split."""
+    from cascade.stages.ltr import LTRConfig, resolve_model_dir
+    from features.training import train_ltr
+
+    s = _settings()
+    for st in cfg.stages:
+        if isinstance(st, LTRConfig) and resolve_model_dir(st.model, s) is None:
+            if Path(st.model).is_absolute() or len(Path(st.model).parts) > 1:
+                raise CascadeError(f"LTR model {st.model} does not exist; train it with `cascade train ltr --out {st.model}`")
+            err.print(f"LTR model [bold]{st.model}[/] not trained yet: logging features on {dataset} train and training it")
+            log = s.trained_dir / f"{st.model}.train.parquet"
+            _log_features(dataset, "train", cfg.index, log, None, None)
+            res = train_ltr([log], s.trained_dir / st.model)
+            err.print(f"trained {st.model}: {res.best_iteration} trees; validation nDCG@10 "
+                      f"{res.metrics.get('valid_ndcg@10', float('nan')):.4f} vs fusion order "
+                      f"{res.metrics.get('valid_fusion_ndcg@10', float('nan')):.4f} (candidates only)")
+
+
 @app.command()
 def demo(
     dataset: str = typer.Option("scifact", help="BEIR dataset with a built-in or configured cascade."),
@@ -353,6 +388,7 @@ def demo(
     report: Path = typer.Option(Path("docs/benchmarks.md"), help="Markdown file to update with the table."),
     plot_out: Path = typer.Option(Path("docs/img/demo-scifact.png"), "--plot", help="Where to write the plot."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
+    prepare_only: bool = typer.Option(False, help="Only build the index and train missing models."),
 ) -> None:
     """Index SciFact (once), evaluate every step on its test queries, print and record the table."""
     _setup()
@@ -362,11 +398,177 @@ def demo(
         folder = _dataset_dir(dataset)
         cfg = _config_for(dataset, None, create=True)
         _build(cfg, corpus_file(folder), rebuild=False, skip_bad=False)
+        _train_missing_ltr(cfg, dataset)
+        if prepare_only:
+            return
         rep = _run_eval(dataset, None, split, limit, None)
         cmd = "make demo" + (f" (cascade demo --limit {limit})" if limit else " (cascade demo)")
         _emit(rep, json_out, plot_out, report, cmd, "demo")
     except CascadeError as exc:
         _fail(exc)
+
+
+def _log_features(dataset: str, split: str, index_name: str | None, out: Path, limit: int | None,
+                  config: Optional[Path]) -> dict:
+    from cascade.datasets import load_qrels, load_queries
+    from features.logging import log_features
+
+    folder = _dataset_dir(dataset)
+    queries, qrels = load_queries(folder), load_qrels(folder, split)
+    casc = _cascade(index_name or dataset, config, stages=False)
+    n = min(limit or len(qrels), len(qrels))
+    with _progress() as prog:
+        task = prog.add_task(f"logging features {dataset} {split}", total=n)
+        stats = asyncio.run(log_features(casc, queries, qrels, out, source=f"{dataset}/{split}", limit=limit,
+                                         on_progress=lambda d, t: prog.update(task, completed=d)))
+    err.print(f"wrote {out}: {stats['rows']} rows for {stats['queries']} queries ({stats['positives']} relevant "
+              f"candidates, {len(casc.features.names)} features)")
+    return stats
+
+
+@features_app.command("log")
+def features_log(
+    dataset: str = typer.Option(..., help="BEIR dataset whose judged queries to log."),
+    split: str = typer.Option("train", help="qrels split."),
+    out: Path = typer.Option(..., help="Parquet file to write."),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Index (default: the dataset's name)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
+    config: Optional[Path] = typer.Option(None, help="Cascade YAML (default: CASCADE_CONFIG_DIR/NAME.yaml)."),
+) -> None:
+    """Run candidate generation and feature extraction for judged queries; one Parquet row per candidate."""
+    _setup()
+    try:
+        _log_features(dataset, split, index_name, out, limit, config)
+    except CascadeError as exc:
+        _fail(exc)
+
+
+def _resolve_out(out: str) -> Path:
+    p = Path(out)
+    return p if (p.is_absolute() or len(p.parts) > 1) else _settings().trained_dir / out
+
+
+@train_app.command("ltr")
+def train_ltr_cmd(
+    data: list[Path] = typer.Option(..., help="Feature log(s) from `cascade features log`."),
+    out: str = typer.Option("ltr", help="Model folder, or a name under CASCADE_TRAINED_DIR."),
+    valid_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="Share of queries held out for early stopping."),
+    seed: int = typer.Option(13),
+    rounds: int = typer.Option(500, min=1, help="Maximum boosting rounds."),
+    early_stopping: int = typer.Option(50, min=1, help="Stop after this many rounds without validation gain."),
+    monotone: list[str] = typer.Option([], help="FEATURE=1 or FEATURE=-1: monotone constraint (repeatable)."),
+    learning_rate: Optional[float] = typer.Option(None, min=0.0),
+    num_leaves: Optional[int] = typer.Option(None, min=2),
+    cv: Optional[int] = typer.Option(None, min=2, help="Cross-validate with K query folds instead of training one model."),
+    dataset: Optional[str] = typer.Option(None, help="With --cv: dataset whose qrels score the folds."),
+    split: str = typer.Option("test", help="With --cv: qrels split."),
+    report: Optional[Path] = typer.Option(None, help="With --cv: update this Markdown file's section."),
+) -> None:
+    """Train a LightGBM lambdarank model (text format + JSON metadata + importance plot)."""
+    _setup()
+    from features.training import cross_validate, train_ltr
+
+    try:
+        for p in data:
+            if not p.is_file():
+                raise CascadeError(f"--data: {p} is not a file")
+        if cv:
+            if not dataset:
+                raise CascadeError("--cv needs --dataset (its qrels score the held-out folds)")
+            from cascade.datasets import load_qrels
+
+            rows = cross_validate(data, load_qrels(_dataset_dir(dataset), split), folds=cv, seed=seed,
+                                  rounds=rounds, early_stopping=early_stopping)
+            t = Table(title=f"{cv}-fold cross-validation by query ({dataset} {split})")
+            for c in ("fold", "queries", "fusion nDCG@10", "ltr nDCG@10", "gain"):
+                t.add_column(c, justify="right")
+            for r in rows:
+                t.add_row(str(r["fold"]), str(r["queries"]), f"{r['fusion_ndcg@10']:.4f}", f"{r['ltr_ndcg@10']:.4f}",
+                          f"{r['ltr_ndcg@10'] - r['fusion_ndcg@10']:+.4f}")
+            import statistics
+
+            f_mean = statistics.fmean(r["fusion_ndcg@10"] for r in rows)
+            l_mean = statistics.fmean(r["ltr_ndcg@10"] for r in rows)
+            t.add_row("mean", str(sum(r["queries"] for r in rows)), f"{f_mean:.4f}", f"{l_mean:.4f}", f"{l_mean - f_mean:+.4f}")
+            console.print(t)
+            if report:
+                from cascade.report import machine, update_section
+
+                lines = [f"Command: `cascade {' '.join(shlex.quote(a) for a in sys.argv[1:])}`  ",
+                         f"Machine: {machine()}  ",
+                         "Folds split by query; each fold trains on the other folds (20% of them held out for "
+                         "early stopping) and ranks the held-out queries' logged candidates.", "",
+                         "| fold | queries | fusion nDCG@10 | LTR nDCG@10 | gain |", "|---:|---:|---:|---:|---:|"]
+                lines += [f"| {r['fold']} | {r['queries']} | {r['fusion_ndcg@10']:.4f} | {r['ltr_ndcg@10']:.4f} | "
+                          f"{r['ltr_ndcg@10'] - r['fusion_ndcg@10']:+.4f} |" for r in rows]
+                lines += [f"| **mean** | {sum(r['queries'] for r in rows)} | {f_mean:.4f} | {l_mean:.4f} | "
+                          f"{l_mean - f_mean:+.4f} |", ""]
+                update_section(report, f"ltr-cv-{dataset}", f"LTR {cv}-fold cross-validation on {dataset} {split}",
+                               "\n".join(lines))
+                err.print(f"updated {report}")
+            return
+        params = {k: v for k, v in (("learning_rate", learning_rate), ("num_leaves", num_leaves)) if v is not None}
+        res = train_ltr(data, _resolve_out(out), valid_fraction=valid_fraction, seed=seed, rounds=rounds,
+                        early_stopping=early_stopping, monotone=monotone, params=params)
+    except CascadeError as exc:
+        _fail(exc)
+        return
+    m = res.metrics
+    err.print(f"trained {res.best_iteration} trees on {m['train_queries']} queries; wrote {res.folder}/model.txt, "
+              f"model.json, importance.png")
+    if "valid_ndcg@10" in m:
+        err.print(f"validation ({m['valid_queries']} queries, candidates only): nDCG@10 {m['valid_ndcg@10']:.4f} "
+                  f"vs fusion order {m['valid_fusion_ndcg@10']:.4f}")
+
+
+@app.command("bench-ltr")
+def bench_ltr(
+    dataset: str = typer.Option("scifact", help="Dataset whose queries to time."),
+    split: str = typer.Option("test"),
+    candidates: int = typer.Option(200, min=1, help="Candidates per query (retrievers' k and fusion keep)."),
+    limit: Optional[int] = typer.Option(None, min=1),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """Time features + LightGBM scoring per query on N fused candidates (p50/p95)."""
+    _setup()
+    from cascade.bench import ltr_latency
+    from cascade.controller import Cascade
+    from cascade.datasets import load_qrels, load_queries
+    from cascade.report import machine, update_section
+
+    try:
+        folder = _dataset_dir(dataset)
+        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        cfg = _config_for(dataset, None, create=False)
+        retr = {n: r.model_copy(update={"k": candidates}) for n, r in cfg.retrievers.items()}
+        cfg = cfg.model_copy(update={"retrievers": retr, "fusion": cfg.fusion.model_copy(update={"keep": candidates})})
+        casc = Cascade.from_config(cfg, _settings())
+        texts = [queries[q] for q in qrels if q in queries][:limit]
+        with _progress() as prog:
+            task = prog.add_task("timing features + LTR", total=len(texts))
+            r = ltr_latency(casc, texts, on_progress=lambda d, t: prog.update(task, completed=d))
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    t = Table(title=f"features + LightGBM per query, {r.candidates_mean:.0f} candidates on average ({r.queries} queries)")
+    for c in ("part", "p50 ms", "p95 ms"):
+        t.add_column(c, justify="right" if c != "part" else "left")
+    for name, a, b in (("features", r.features_p50_ms, r.features_p95_ms), ("LightGBM predict", r.predict_p50_ms,
+                       r.predict_p95_ms), ("total", r.total_p50_ms, r.total_p95_ms)):
+        t.add_row(name, f"{a:.2f}", f"{b:.2f}")
+    console.print(t)
+    if report:
+        cmd = "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        body = "\n".join([
+            f"Command: `{cmd}`  ", f"Machine: {machine()}  ",
+            f"{r.queries} {dataset} {split} queries, {r.candidates_mean:.1f} fused candidates each on average; "
+            f"best of 3 runs per query, retrieval not timed, one thread.", "",
+            "| part | p50 ms | p95 ms |", "|---|---:|---:|",
+            f"| features ({len(casc.features.names)}) | {r.features_p50_ms:.2f} | {r.features_p95_ms:.2f} |",
+            f"| LightGBM predict | {r.predict_p50_ms:.2f} | {r.predict_p95_ms:.2f} |",
+            f"| **total** | **{r.total_p50_ms:.2f}** | **{r.total_p95_ms:.2f}** |", ""])
+        update_section(report, f"ltr-latency-{dataset}", f"LTR stage cost: features + LightGBM for {candidates} candidates", body)
+        err.print(f"updated {report}")
 
 
 @config_app.command("check")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cascade.errors import ConfigError
+from features.config import FeatureSetConfig
 from cascade.stages import STAGE_CONFIGS
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
@@ -200,6 +201,7 @@ class IndexConfig(_Strict):
         default_factory=lambda: {"bm25": BM25Config(), "knn": KnnConfig()}
     )
     fusion: FusionConfig = Field(default_factory=RRFConfig)
+    features: FeatureSetConfig | None = Field(default=None, description="Learning-to-rank features (see docs/config.md).")
     stages: list[StageConfig] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
 
@@ -237,11 +239,25 @@ class IndexConfig(_Strict):
         for r in self.fusion.weights:
             if r not in self.retrievers:
                 raise ValueError(f"fusion.weights.{r}: no such retriever (retrievers: {sorted(self.retrievers)})")
+        if self.features is not None:
+            ft = self.features
+            for f in (ft.keyword.fields or []) if ft.keyword else []:
+                if f not in text_fields:
+                    raise ValueError(f"features.keyword.fields: {f!r} is not a text field (text fields: {sorted(text_fields)})")
+            if ft.recency and self.fields.get(ft.recency.field, None) is None:
+                raise ValueError(f"features.recency.field: the index has no field {ft.recency.field!r}")
+            if ft.recency and self.fields[ft.recency.field].type != "date":
+                raise ValueError(f"features.recency.field: {ft.recency.field!r} is a {self.fields[ft.recency.field].type} field, not a date")
+            for i, nf in enumerate(ft.numeric):
+                if nf.field not in self.fields or self.fields[nf.field].type not in ("integer", "float"):
+                    raise ValueError(f"features.numeric.{i}.field: {nf.field!r} is not a numeric field of this index")
         seen: set[str] = set()
         for i, s in enumerate(self.stages):
             if s.stage_name in seen or s.stage_name in self.retrievers or s.stage_name == "fusion":
                 raise ValueError(f"stages.{i}.name: {s.stage_name!r} is used twice; give each stage its own name")
             seen.add(s.stage_name)
+            if s.type == "ltr" and self.features is None:
+                raise ValueError(f"stages.{i}: an ltr stage needs a `features:` section declaring its feature set")
             for f in getattr(s, "fields", []) or []:
                 if f not in self.fields:
                     raise ValueError(f"stages.{i}.fields: unknown field {f!r} (fields: {sorted(self.fields)})")

@@ -89,11 +89,13 @@ class Cascade:
         retrievers: dict[str, Retriever],
         stages: list[Stage],
         documents: DocumentSource | None = None,
+        features: Any = None,
         multi: MultiRetriever | None = None,
     ):
         self.config, self.retrievers, self.stages, self.documents = config, retrievers, stages, documents
         # One round trip for every retriever when the backend (the document source) offers it.
         self.multi = multi if multi is not None else (documents if isinstance(documents, MultiRetriever) else None)
+        self.features = features  # a features.extractor.FeatureExtractor when the config declares features
         self._field_types = {n: f.type for n, f in config.fields.items()}
 
     @classmethod
@@ -105,9 +107,14 @@ class Cascade:
         settings = settings or get_settings()
         backend = open_backend(config, settings)
         retrievers = {name: backend.retriever(name, rcfg) for name, rcfg in config.retrievers.items()}
-        ctx = BuildContext(settings=settings, index=config)
+        features = None
+        if config.features is not None:
+            from features.extractor import FeatureExtractor, feature_source_for
+
+            features = FeatureExtractor(config, feature_source_for(backend, config))
+        ctx = BuildContext(settings=settings, index=config, feature_names=features.names if features else None)
         stages = [s.build(ctx) for s in config.stages]
-        return cls(config, retrievers, stages, backend)
+        return cls(config, retrievers, stages, backend, features)
 
     def plan(self) -> list[dict[str, Any]]:
         """The cascade as declared: what ``explain`` mirrors."""
@@ -167,6 +174,27 @@ class Cascade:
         deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
         if not validated:
             query = self.validate(query)
+        cands, traces = await self.candidates(query, t0)
+        for stage in self.stages:
+            t = time.perf_counter()
+            error = None
+            try:
+                out = await stage(query, cands, deadline)
+            except Exception as exc:  # degrade: keep the previous order, flag the stage
+                log.exception("stage %s failed", stage.name)
+                out, error = cands, f"{type(exc).__name__}: {exc}"
+            now = time.perf_counter()
+            scored = 0 if error else out.scored.get(stage.name, 0)
+            traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
+                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error))
+            cands = out
+        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3)
+
+    async def candidates(self, query: Query, t0: float | None = None) -> tuple[Candidates, list[StageTrace]]:
+        """Retrieval, fusion and features: what every stage starts from (and what feature logs record).
+
+        ``query`` must be validated already (``search`` does it)."""
+        t0 = time.perf_counter() if t0 is None else t0
         if self.multi is not None:
             pairs = await self._retrieve_many(query, t0)
         else:
@@ -184,21 +212,18 @@ class Cascade:
         traces.append(StageTrace("fusion", "fusion", n_in, len(cands), n_in, (now - t) * 1e3, (now - t0) * 1e3,
                                  list(cands.ids), cands.score.tolist()))
 
-        for stage in self.stages:
+        if self.features is not None:
             t = time.perf_counter()
             error = None
             try:
-                out = await stage(query, cands, deadline)
-            except Exception as exc:  # degrade: keep the previous order, flag the stage
-                log.exception("stage %s failed", stage.name)
-                out, error = cands, f"{type(exc).__name__}: {exc}"
+                cands = await self.features(query, cands)
+            except Exception as exc:  # stages that need features will fail and be flagged too
+                log.exception("feature extraction failed")
+                error = f"{type(exc).__name__}: {exc}"
             now = time.perf_counter()
-            col = out.stage_scores.get(stage.name)
-            scored = 0 if col is None or error else int((~np.isnan(col)).sum())
-            traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
-                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error))
-            cands = out
-        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3)
+            traces.append(StageTrace("features", "features", len(cands), len(cands), 0 if error else len(cands),
+                                     (now - t) * 1e3, (now - t0) * 1e3, list(cands.ids), cands.score.tolist(), error))
+        return cands, traces
 
     async def _fill_fields(self, cands: Candidates) -> None:
         missing = [i for i, f in enumerate(cands.fields) if f is None]

@@ -21,7 +21,7 @@ from cascade.controller import Cascade
 from cascade.errors import CascadeError, DatasetError
 from cascade.query import Query
 
-MEASURES = {"ndcg@10": nDCG @ 10, "recall@100": R @ 100, "mrr@10": RR @ 10}
+MEASURES = {"ndcg@10": nDCG @ 10, "recall@30": R @ 30, "recall@100": R @ 100, "mrr@10": RR @ 10}
 
 
 @dataclass
@@ -29,6 +29,7 @@ class StageMetrics:
     name: str
     kind: str
     ndcg_10: float
+    recall_30: float
     recall_100: float
     mrr_10: float
     p50_ms: float  # cumulative: from the start of the search to the end of this step (retrievers: their own)
@@ -38,7 +39,7 @@ class StageMetrics:
 
     def as_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "ndcg@10": round(self.ndcg_10, 4),
-                "recall@100": round(self.recall_100, 4), "mrr@10": round(self.mrr_10, 4),
+                "recall@30": round(self.recall_30, 4), "recall@100": round(self.recall_100, 4), "mrr@10": round(self.mrr_10, 4),
                 "p50_ms": round(self.p50_ms, 2), "p95_ms": round(self.p95_ms, 2),
                 "ce_pairs_per_query": round(self.ce_pairs_per_query, 2), "step_p50_ms": round(self.step_p50_ms, 2)}
 
@@ -99,6 +100,8 @@ async def evaluate(
             continue
         ce = 0
         for tr in res.traces:
+            if tr.kind == "features":  # computes, does not rank: its time shows in the next step's p50
+                continue
             kinds[tr.name] = tr.kind
             ranking = tr.ids or ["__no_result__"]
             runs.setdefault(tr.name, {})[qid] = {d: float(len(ranking) - i) for i, d in enumerate(ranking)}
@@ -118,7 +121,8 @@ async def evaluate(
         agg = ir_measures.calc_aggregate(list(MEASURES.values()), evaluated, run)
         stages.append(StageMetrics(
             name=name, kind=kinds[name],
-            ndcg_10=float(agg[MEASURES["ndcg@10"]]), recall_100=float(agg[MEASURES["recall@100"]]),
+            ndcg_10=float(agg[MEASURES["ndcg@10"]]), recall_30=float(agg[MEASURES["recall@30"]]),
+            recall_100=float(agg[MEASURES["recall@100"]]),
             mrr_10=float(agg[MEASURES["mrr@10"]]),
             p50_ms=percentile(cum_ms[name], 50), p95_ms=percentile(cum_ms[name], 95),
             ce_pairs_per_query=statistics.fmean(pairs[name]), step_p50_ms=percentile(step_ms[name], 50),

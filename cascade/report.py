@@ -40,23 +40,23 @@ def machine() -> str:
 def rich_table(rep: EvalReport) -> Table:
     t = Table(title=f"{rep.dataset} {rep.split}: {rep.queries} queries, cascade {rep.index} v{rep.config_version}")
     t.add_column("step", no_wrap=True)
-    for col, just in [("nDCG@10", "right"), ("R@100", "right"), ("MRR@10", "right"),
+    for col, just in [("nDCG@10", "right"), ("R@30", "right"), ("R@100", "right"), ("MRR@10", "right"),
                       ("p50 ms", "right"), ("p95 ms", "right"), ("step p50 ms", "right"), ("CE pairs/q", "right")]:
         t.add_column(col, justify=just)
     best = max(s.ndcg_10 for s in rep.stages)
     for s in rep.stages:
         nd = f"{s.ndcg_10:.4f}"
-        t.add_row(s.name, f"[bold green]{nd}[/]" if s.ndcg_10 == best else nd, f"{s.recall_100:.4f}",
+        t.add_row(s.name, f"[bold green]{nd}[/]" if s.ndcg_10 == best else nd, f"{s.recall_30:.4f}", f"{s.recall_100:.4f}",
                   f"{s.mrr_10:.4f}", f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}", f"{s.step_p50_ms:.1f}",
                   f"{s.ce_pairs_per_query:.0f}")
     return t
 
 
 def markdown_table(rep: EvalReport) -> str:
-    lines = ["| step | nDCG@10 | R@100 | MRR@10 | p50 ms | p95 ms | step p50 ms | CE pairs/query |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| step | nDCG@10 | R@30 | R@100 | MRR@10 | p50 ms | p95 ms | step p50 ms | CE pairs/query |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in rep.stages:
-        lines.append(f"| {s.name} | {s.ndcg_10:.4f} | {s.recall_100:.4f} | {s.mrr_10:.4f} | {s.p50_ms:.1f} | "
+        lines.append(f"| {s.name} | {s.ndcg_10:.4f} | {s.recall_30:.4f} | {s.recall_100:.4f} | {s.mrr_10:.4f} | {s.p50_ms:.1f} | "
                      f"{s.p95_ms:.1f} | {s.step_p50_ms:.1f} | {s.ce_pairs_per_query:.0f} |")
     return "\n".join(lines)
 
@@ -97,8 +97,8 @@ def markdown_section(rep: EvalReport, command: str, image: str | None) -> str:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     plan = " → ".join(
         f"{p['name']}" + (f" (k={p['k']})" if p.get("type") in ("bm25", "knn") else "")
-        + (f" (keep {p['keep']})" if p.get("type") in ("rrf", "linear") else "")
-        + (f" (rerank {p['rerank']})" if p.get("rerank") else "") for p in rep.plan)
+        + (f" (rerank {p['rerank']})" if p.get("rerank") else "")
+        + (f" (keep {p['keep']})" if p.get("keep") else "") for p in rep.plan)
     out = [f"Command: `{command}`  ", f"Machine: {machine()}  ", f"Run: {when}, {rep.seconds:.0f} s for "
            f"{rep.queries} queries  ", f"Cascade: {plan}", "", markdown_table(rep), ""]
     if image:

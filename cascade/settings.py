@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         default_factory=lambda: _user_dir("data") / "indexes",
         description="Where the embedded backend persists its indexes.",
     )
+    trained_dir: Path = Field(
+        default_factory=lambda: _user_dir("data") / "models",
+        description="Where `cascade train` writes models; a stage's model name is looked up here too.",
+    )
     config_dir: Path = Field(
         default=Path("configs"),
         description="Folder of per-index cascade YAML files (NAME.yaml); built-in configs are the fallback.",

@@ -35,21 +35,12 @@ from cascade.config import BM25Config, IndexConfig, KnnConfig
 from cascade.errors import ConfigError, CorpusError, IndexNotFound
 from cascade.query import Filter, Query, TermFilter, to_epoch_seconds
 from cascade.settings import Settings
+from connectors.analysis import ANALYZERS, analyze, analyzer
 from connectors.models import Embedder, load_embedder
+from connectors.termindex import FieldTerms, TermIndexBuilder, load_term_index
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: terms.npz/terms.json forward index for BM25 features
 ROW = "_row"
-ANALYZERS = {"english": "cascade_english", "standard": "cascade_standard"}
-
-
-def _analyzer(kind: str) -> tantivy.TextAnalyzer:
-    b = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple()).filter(tantivy.Filter.remove_long(40))
-    b = b.filter(tantivy.Filter.lowercase())
-    if kind == "english":
-        b = b.filter(tantivy.Filter.stopword("english")).filter(tantivy.Filter.stemmer("english"))
-    return b.build()
-
-
 def _schema(cfg: IndexConfig) -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_integer_field(ROW, stored=False, indexed=False, fast=True)
@@ -69,7 +60,7 @@ def _schema(cfg: IndexConfig) -> tantivy.Schema:
 
 def _register(index: tantivy.Index) -> None:
     for kind, name in ANALYZERS.items():
-        index.register_tokenizer(name, _analyzer(kind))
+        index.register_tokenizer(name, analyzer(kind))
 
 
 # ---------------------------------------------------------------- ingest
@@ -156,6 +147,8 @@ def build_index(
     _register(index)
     writer = index.writer(heap_size=128_000_000, num_threads=1)
     columns = _ColumnBuilder(cfg)
+    text_fields = {n: f.analyzer for n, f in cfg.fields.items() if f.type == "text"}
+    terms = TermIndexBuilder(list(text_fields))
     ids: list[str] = []
     offsets = [0]
     vec_chunks: list[np.ndarray] = []
@@ -198,6 +191,7 @@ def build_index(
                             doc.add_date(name, dt.datetime.fromtimestamp(to_epoch_seconds(x, name), dt.timezone.utc))
                 writer.add_document(doc)
                 columns.add(fields)
+                terms.add({n: analyze(kind, fields.get(n, "")) for n, kind in text_fields.items()})
                 blob = json.dumps({"_id": rec["_id"], **fields}, ensure_ascii=False).encode() + b"\n"
                 docs_out.write(blob)
                 offsets.append(offsets[-1] + len(blob))
@@ -219,6 +213,7 @@ def build_index(
         np.save(tmp / "vectors.npy", vectors)
         np.save(tmp / "docs.offsets.npy", np.asarray(offsets, dtype=np.int64))
         columns.save(tmp)
+        terms.save(tmp)
         knn_cfgs = [r for r in cfg.retrievers.values() if isinstance(r, KnnConfig)]
         exact_max = min((r.exact_max_docs for r in knn_cfgs), default=50_000)
         ann = None
@@ -325,6 +320,7 @@ class EmbeddedBackend:
         self._emb_lock = threading.Lock()
         self._flat = None
         self._hnsw = None
+        self._terms: dict[str, FieldTerms] | None = None
 
     # DocumentSource
     def fetch_rows(self, rows: Iterable[int]) -> list[dict[str, Any]]:
@@ -357,6 +353,20 @@ class EmbeddedBackend:
                                       f"{self._embedder.name} gives {self._embedder.dim}-d vectors but the index "
                                       f"holds {self.manifest['dim']}-d ones; rebuild the index")
             return self._embedder
+
+    # statistics for features
+    def rows(self, ids: list[str]) -> np.ndarray:
+        return np.array([self.row_of[i] for i in ids], dtype=np.int64)
+
+    def field_terms(self, field: str) -> FieldTerms:
+        """Forward index + global statistics of a text field (the whole index, not a shard)."""
+        if self._terms is None:
+            self._terms = load_term_index(self.path)
+        return self._terms[field]
+
+    def doc_vectors(self, ids: list[str]) -> np.ndarray:
+        """Stored embeddings of ``ids`` (the ones kNN searched): semantic features need no model call."""
+        return np.asarray(self.vectors[self.rows(ids)], dtype=np.float32)
 
     # filters
     def tantivy_filter(self, filters: tuple[Filter, ...]) -> tantivy.Query | None:
@@ -433,11 +443,10 @@ class EmbeddedBM25:
 
     def __init__(self, name: str, backend: EmbeddedBackend, boosts: dict[str, float]):
         self.name, self.backend, self.boosts = name, backend, boosts
-        kinds = {backend.cfg.fields[f].analyzer for f in boosts}
-        self._analyzers = {k: _analyzer(k) for k in kinds}
+        self._kinds = {backend.cfg.fields[f].analyzer for f in boosts}
 
     def tokens(self, text: str) -> dict[str, list[str]]:
-        return {k: a.analyze(text) for k, a in self._analyzers.items()}
+        return {k: analyze(k, text) for k in self._kinds}
 
     def build_query(self, query: Query) -> tantivy.Query | None:
         toks = self.tokens(query.text)
@@ -509,7 +518,7 @@ class EmbeddedKnn:
         return I[0][keep].astype(np.int64), D[0][keep]
 
     def search(self, query: Query, k: int) -> list[Hit]:
-        qv = self.backend.embedder.encode([query.text])
+        qv = self.backend.embedder.encode_query(query.text)
         rows, sims = self.search_vector(qv, k, self.backend.filter_mask(query.parsed_filters))
         ids = self.backend.ids
         return [Hit(ids[r], float(s)) for r, s in zip(rows, sims)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -126,6 +127,22 @@ class Embedder:
         self.dim = int(dim())
         self.max_length = int(model.max_seq_length)
         self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query's vector, cached: kNN retrieval and semantic features embed the same text once."""
+        with self._cache_lock:
+            v = self._query_cache.get(text)
+            if v is not None:
+                self._query_cache.move_to_end(text)
+                return v
+        v = self.encode([text])[0]
+        with self._cache_lock:
+            self._query_cache[text] = v
+            while len(self._query_cache) > 4096:
+                self._query_cache.popitem(last=False)
+        return v
 
     def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         vecs = self.model.encode(

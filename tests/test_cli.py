@@ -99,3 +99,42 @@ def test_filter_flag_parsing():
 
     assert _parse_filter(["year>=2010", "year<2020", "journal=Nature,Cell", "x=3"]) == {
         "year": {"gte": 2010, "lt": 2020}, "journal": ["Nature", "Cell"], "x": 3}
+
+
+def test_features_log_train_and_serve_an_ltr_model(env, monkeypatch):
+    import yaml
+
+    from tests.conftest import TINY_CONFIG
+
+    data = env / "data" / "tiny"
+    (data / "qrels").mkdir(parents=True)
+    write_corpus(data / "corpus.jsonl")
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(
+        ["solar electricity", "protein structure", "ocean fish", "battery storage", "gene cells"])))
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td3\t1\nq2\td6\t1\nq3\td5\t1\nq4\td4\t1\n")
+    monkeypatch.setenv("CASCADE_DATA_DIR", str(env / "data"))
+    monkeypatch.setenv("CASCADE_TRAINED_DIR", str(env / "models"))
+    get_settings.cache_clear()
+    cfg = {**TINY_CONFIG, "features": {"version": 1}}
+    (env / "configs").mkdir()
+    (env / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    assert run("index", "--dataset", "tiny").exit_code == 0
+
+    r = run("features", "log", "--dataset", "tiny", "--split", "train", "--out", str(env / "log.parquet"))
+    assert r.exit_code == 0, r.output
+    assert "5 queries" in r.output and "5 relevant candidates" in r.output
+    r = run("train", "ltr", "--data", str(env / "log.parquet"), "--out", "tiny-ltr", "--valid-fraction", "0",
+            "--rounds", "5")
+    assert r.exit_code == 0, r.output
+    assert (env / "models" / "tiny-ltr" / "model.txt").is_file()
+    r = run("train", "ltr", "--data", str(env / "log.parquet"), "--monotone", "nope=1")
+    assert r.exit_code == 2 and "unknown feature 'nope'" in r.output
+
+    (env / "configs" / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "stages": [{"type": "ltr", "model": "tiny-ltr"}]}))
+    r = run("search", "--index", "tiny", "--explain", "--json", "solar electricity")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [t["name"] for t in out["trace"]] == ["bm25", "knn", "fusion", "features", "ltr"]
+    assert "kw.title.bm25" in out["hits"][0]["features"] and "ltr" in out["hits"][0]["stages"]
+    r = run("search", "--index", "tiny", "--explain", "solar electricity")
+    assert r.exit_code == 0 and "features of the top hits" in r.output

@@ -17,8 +17,9 @@ def test_builtin_scifact_config_is_valid():
     cfg = load_config_file(BUILTIN_CONFIG_DIR / "scifact.yaml")
     assert cfg.index == "scifact"
     assert list(cfg.retrievers) == ["bm25", "knn"]
-    assert cfg.fusion.method == "rrf" and cfg.fusion.keep == 100
-    [ce] = cfg.stages
+    assert cfg.fusion.method == "rrf" and cfg.fusion.keep == 200
+    ltr, ce = cfg.stages
+    assert ltr.type == "ltr" and ltr.model == "scifact-ltr" and ltr.keep == 100 and cfg.features is not None
     assert ce.type == "cross_encoder" and ce.stage_name == "cross_encoder" and ce.rerank == 20
     assert ce.fallback == ["cross-encoder/ms-marco-MiniLM-L-6-v2"]
 
@@ -89,9 +90,9 @@ def test_config_dir_stops_at_first_bad_file(tmp_path):
 def test_user_config_dir_overrides_builtin(tmp_path):
     write(tmp_path, "index: scifact\nversion: 7\n", "scifact")
     assert load_config("scifact", tmp_path).version == "7"
-    assert load_config("scifact", tmp_path / "absent").version == "1"
+    assert load_config("scifact", tmp_path / "absent").version == "2"
 
 
 def test_every_registered_stage_has_a_type_literal():
     types = [c.model_fields["type"].default for c in STAGE_CONFIGS]
-    assert "cross_encoder" in types and len(types) == len(set(types))
+    assert {"cross_encoder", "ltr"} <= set(types) and len(types) == len(set(types))

@@ -37,6 +37,7 @@ class BuildContext:
 
     settings: "Settings"
     index: "IndexConfig"
+    feature_names: list[str] | None = None  # the index's feature set, for stages that score features
 
 
 class StageConfigBase(BaseModel):
@@ -67,6 +68,7 @@ def apply_scores(candidates: Candidates, scores: np.ndarray, name: str, keep: in
     out.stage_scores[name] = full[order]
     scored = ~np.isnan(out.stage_scores[name])
     out.score = np.where(scored, out.stage_scores[name], out.score)
+    out.scored[name] = n
     return out.head(keep)
 
 

@@ -1,0 +1,59 @@
+"""The feature set an index declares: which groups, with which parameters.
+
+Feature names are derived from this declaration alone, deterministically, so a
+model's metadata can list them and the LTR stage can refuse a model trained on
+another feature set before it serves a single query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeywordFeatures(_Strict):
+    fields: list[str] | None = Field(default=None, description="Text fields (default: every text field).")
+    k1: float = Field(default=1.2, ge=0)
+    b: float = Field(default=0.75, ge=0, le=1)
+
+
+class RecencyFeatures(_Strict):
+    field: str = Field(description="A date field of the index.")
+    decay: Literal["gauss", "exp", "linear"] = "exp"
+    scale_days: float = Field(default=365.0, gt=0, description="Distance (beyond offset) where the decay reaches `decay_value`.")
+    offset_days: float = Field(default=0.0, ge=0, description="No decay within this many days.")
+    decay_value: float = Field(default=0.5, gt=0, lt=1)
+    missing: float = Field(default=0.0, ge=0, le=1, description="Recency value of a document without a date.")
+    now: str | None = Field(default=None, description="Fixed 'now' (ISO date) for reproducible offline evaluation.")
+
+
+class NumericFeature(_Strict):
+    field: str
+    log: bool = Field(default=False, description="Use log1p(max(value, 0)).")
+    missing: float = 0.0
+
+
+class FeatureSetConfig(_Strict):
+    version: str = Field(default="1", description="Bump when a feature's meaning changes; models record it.")
+    keyword: KeywordFeatures | None = Field(default_factory=KeywordFeatures)
+    retrieval: bool = True
+    semantic: bool = True
+    recency: RecencyFeatures | None = None
+    numeric: list[NumericFeature] = Field(default_factory=list)
+    query: bool = True
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_str(cls, v):
+        return str(v) if isinstance(v, (int, float)) else v
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

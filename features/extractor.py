@@ -1,0 +1,152 @@
+"""Assembling a candidate set's feature matrix from the groups an index declares.
+
+Features are computed in the controller from data already fetched (stored
+fields, retriever provenance, the backend's term statistics and vectors), over
+the whole candidate set at once; no engine plugin and no second query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from cascade.candidates import Candidates
+from cascade.errors import ConfigError
+from connectors.analysis import analyze
+from features.groups import NumericGroup, QueryGroup, RecencyGroup, RetrievalGroup, SemanticGroup
+from features.keyword import KeywordGroup
+
+if TYPE_CHECKING:
+    from cascade.config import IndexConfig
+    from cascade.query import Query
+
+
+class FeatureSource(Protocol):
+    """What a backend provides for features: term statistics and query/document cosines."""
+
+    def term_stats(self, field: str, kind: str, terms: list[str], candidates: Candidates
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+        """(tf [n x terms], doc lengths [n], df [terms], number of docs, average length) for ``field``."""
+        ...
+
+    def cosines(self, text: str, candidates: Candidates) -> np.ndarray: ...
+
+
+@dataclass
+class FeatureContext:
+    query: "Query"
+    candidates: Candidates
+    source: FeatureSource
+
+
+class EmbeddedFeatureSource:
+    """Statistics from the embedded index's forward index and stored vectors: no tokenizing, no model calls."""
+
+    def __init__(self, backend: Any):
+        self.backend = backend
+
+    def term_stats(self, field, kind, terms, candidates):
+        ft = self.backend.field_terms(field)
+        rows = self.backend.rows(candidates.ids)
+        return ft.term_freqs(rows, terms), ft.lengths[rows].astype(np.float64), ft.doc_freqs(terms), ft.num_docs, ft.avg_length
+
+    def cosines(self, text, candidates):
+        if not len(candidates):
+            return np.zeros(0)
+        q = self.backend.embedder.encode_query(text)
+        return self.backend.doc_vectors(candidates.ids) @ q
+
+
+class FieldsFeatureSource:
+    """For backends without a forward index: tokenize candidates' stored fields and ask for global statistics.
+
+    The backend must offer ``collection_stats(field, terms) -> (df, num_docs, avg_length)``
+    (document frequencies across the whole index) and an ``embedder``.
+    """
+
+    def __init__(self, backend: Any, embed_fields: list[str], knn_names: list[str]):
+        self.backend, self.embed_fields, self.knn_names = backend, embed_fields, knn_names
+
+    def term_stats(self, field, kind, terms, candidates):
+        col = {t: j for j, t in enumerate(terms)}
+        tf = np.zeros((len(candidates), len(terms)))
+        dl = np.zeros(len(candidates))
+        for i, doc in enumerate(candidates.fields):
+            toks = analyze(kind, str((doc or {}).get(field) or ""))
+            dl[i] = len(toks)
+            for t in toks:
+                j = col.get(t)
+                if j is not None:
+                    tf[i, j] += 1
+        df, num_docs, avgdl = self.backend.collection_stats(field, terms)
+        return tf, dl, np.asarray(df, dtype=np.float64), int(num_docs), float(avgdl)
+
+    def cosines(self, text, candidates):
+        out = np.full(len(candidates), np.nan)
+        for r in self.knn_names:  # cosine kNN already scored these
+            s = candidates.retriever_scores.get(r)
+            if s is not None:
+                out = np.where(np.isnan(out), s, out)
+        todo = np.flatnonzero(np.isnan(out))
+        if len(todo):
+            emb = self.backend.embedder
+            docs = emb.encode([candidates.text(i, self.embed_fields) for i in todo])
+            out[todo] = docs @ emb.encode_query(text)
+        return out
+
+
+class FeatureExtractor:
+    """The feature set of one index; ``names`` is a pure function of the config."""
+
+    def __init__(self, cfg: "IndexConfig", source: FeatureSource | None = None):
+        ft = cfg.features
+        if ft is None:
+            raise ConfigError(f"{cfg.index}.yaml", "features", "no feature set declared")
+        self.cfg, self.source, self.version = cfg, source, ft.version
+        text = {n: f.analyzer for n, f in cfg.fields.items() if f.type == "text"}
+        self.groups: list[Any] = []
+        if ft.keyword:
+            fields = ft.keyword.fields or list(text)
+            self.groups.append(KeywordGroup({f: text[f] for f in fields}, ft.keyword.k1, ft.keyword.b))
+        if ft.retrieval:
+            self.groups.append(RetrievalGroup(list(cfg.retrievers)))
+        if ft.semantic:
+            self.groups.append(SemanticGroup())
+        if ft.recency:
+            self.groups.append(RecencyGroup(ft.recency))
+        if ft.numeric:
+            self.groups.append(NumericGroup(ft.numeric))
+        if ft.query:
+            self.groups.append(QueryGroup(next(iter(text.values()), "english")))
+        self.names = [n for g in self.groups for n in g.names()]
+        self.fingerprint = ft.fingerprint()
+
+    def compute(self, query: "Query", candidates: Candidates) -> np.ndarray:
+        if self.source is None:
+            raise RuntimeError("feature extractor has no data source")
+        n = len(candidates)
+        ctx = FeatureContext(query, candidates, self.source)
+        blocks = [np.asarray(g.compute(ctx), dtype=np.float64).reshape(n, -1) for g in self.groups]
+        x = np.hstack(blocks) if blocks else np.zeros((n, 0))
+        bad = ~np.isfinite(x)
+        if bad.any():  # a defined value, never NaN passed on silently; the column says which feature it was
+            cols = sorted({self.names[j] for j in np.flatnonzero(bad.any(axis=0))})
+            raise ValueError(f"non-finite feature values in {cols}")
+        return x.astype(np.float32)
+
+    async def __call__(self, query: "Query", candidates: Candidates) -> Candidates:
+        x = await asyncio.to_thread(self.compute, query, candidates) if len(candidates) else np.zeros((0, len(self.names)), np.float32)
+        candidates.features, candidates.feature_names = x, list(self.names)
+        return candidates
+
+
+def feature_source_for(backend: Any, cfg: "IndexConfig") -> FeatureSource:
+    if hasattr(backend, "field_terms") and hasattr(backend, "doc_vectors"):
+        return EmbeddedFeatureSource(backend)
+    from cascade.config import KnnConfig
+
+    knn = [n for n, r in cfg.retrievers.items() if isinstance(r, KnnConfig)]
+    return FieldsFeatureSource(backend, cfg.embedder.fields, knn)
