@@ -36,6 +36,7 @@ from cascade.errors import ConfigError, CorpusError, IndexNotFound
 from cascade.query import Filter, Query, TermFilter, to_epoch_seconds
 from cascade.settings import Settings
 from connectors.analysis import ANALYZERS, analyze, analyzer
+from connectors.records import typed_fields
 from connectors.models import Embedder, load_embedder
 from connectors.termindex import FieldTerms, TermIndexBuilder, load_term_index
 
@@ -64,50 +65,6 @@ def _register(index: tantivy.Index) -> None:
 
 
 # ---------------------------------------------------------------- ingest
-
-def _lookup(rec: dict, path: str) -> Any:
-    cur: Any = rec
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def extract_fields(rec: dict, cfg: IndexConfig) -> dict[str, Any]:
-    """The configured fields of one corpus record, typed; raises ValueError naming the field."""
-    out: dict[str, Any] = {}
-    for name, f in cfg.fields.items():
-        v = _lookup(rec, f.source or name)
-        if v is None or v == "" or v == []:
-            continue
-        if f.type == "text":
-            out[name] = " ".join(map(str, v)) if isinstance(v, list) else str(v)
-        elif f.type == "keyword":
-            vals = v if isinstance(v, list) else [v]
-            if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in vals):
-                raise ValueError(f"field {name!r}: keyword values must be strings, got {v!r}")
-            out[name] = [str(x) for x in vals] if isinstance(v, list) else str(v)
-        elif f.type in ("integer", "float"):
-            if isinstance(v, bool):
-                raise ValueError(f"field {name!r}: expected a number, got {v!r}")
-            try:
-                num = float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"field {name!r}: expected a number, got {v!r}") from None
-            if f.type == "integer":
-                if not num.is_integer():
-                    raise ValueError(f"field {name!r}: expected an integer, got {v!r}")
-                num = int(num)
-            out[name] = num
-        elif f.type == "date":
-            try:
-                to_epoch_seconds(v, name)
-            except Exception:
-                raise ValueError(f"field {name!r}: expected a date like 2021-03-04, got {v!r}") from None
-            out[name] = v
-    return out
-
 
 @dataclass
 class BuildReport:
@@ -167,11 +124,8 @@ def build_index(
         with open(tmp / "docs.jsonl", "wb") as docs_out:
             batch: list[tuple[int, dict]] = []
             for line_no, rec in records:
-                try:
-                    fields = extract_fields(rec, cfg)
-                except ValueError as exc:
-                    if not skip_bad:
-                        raise CorpusError(source, line_no, f"{exc} (use --skip-bad-lines to skip and count such lines)") from None
+                fields = typed_fields(rec, line_no, cfg, source, skip_bad)
+                if fields is None:
                     skipped += 1
                     continue
                 row = len(ids)

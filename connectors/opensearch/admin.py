@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from cascade.config import IndexConfig, OpenSearchBackendConfig
-from cascade.errors import ConfigError, CorpusError
+from cascade.errors import ConfigError
 from cascade.query import to_epoch_seconds
 from cascade.settings import Settings
-from connectors.embedded import extract_fields
+from connectors.records import typed_fields
 from connectors.opensearch.client import Cluster
 from connectors.opensearch.mapping import index_body, uses_vectors
 from connectors.opensearch.queries import iso_date
@@ -133,11 +133,8 @@ async def load_records(
         batch.clear()
 
     for line_no, rec in records:
-        try:
-            fields = extract_fields(rec, cfg)
-        except ValueError as exc:
-            if not skip_bad:
-                raise CorpusError(source, line_no, f"{exc} (use --skip-bad-lines to skip and count such lines)") from None
+        fields = typed_fields(rec, line_no, cfg, source, skip_bad)
+        if fields is None:
             report.skipped += 1
             continue
         batch.append((rec["_id"], fields))

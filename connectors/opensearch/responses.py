@@ -12,24 +12,14 @@ from typing import Any
 
 from cascade.candidates import Hit
 from cascade.config import IndexConfig, OpenSearchBackendConfig
-
-
-def _get(doc: dict[str, Any], dotted: str) -> Any:
-    if dotted in doc:  # a source indexed with a literal dotted key
-        return doc[dotted]
-    cur: Any = doc
-    for p in dotted.split("."):
-        if not isinstance(cur, dict) or p not in cur:
-            return None
-        cur = cur[p]
-    return cur
+from connectors.records import lookup
 
 
 def source_to_fields(source: dict[str, Any] | None, cfg: IndexConfig, backend: OpenSearchBackendConfig) -> dict[str, Any]:
     """``_source`` under cascade's field names; fields the document lacks are left out, as the embedded store does."""
     out: dict[str, Any] = {}
     for name in cfg.fields:
-        v = _get(source or {}, backend.field(name))
+        v = lookup(source or {}, backend.field(name))
         if v is not None and v != "" and v != []:
             out[name] = v
     return out
