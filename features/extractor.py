@@ -8,7 +8,7 @@ the whole candidate set at once; no engine plugin and no second query.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 class FeatureSource(Protocol):
     """What a backend provides for features: term statistics and query/document cosines."""
 
-    def term_stats(self, field: str, kind: str, terms: list[str], candidates: Candidates
+    def term_stats(self, ctx: "FeatureContext", field: str, kind: str, terms: list[str]
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
         """(tf [n x terms], doc lengths [n], df [terms], number of docs, average length) for ``field``."""
         ...
 
-    def cosines(self, text: str, candidates: Candidates) -> np.ndarray: ...
+    def cosines(self, ctx: "FeatureContext") -> np.ndarray: ...
 
 
 @dataclass
@@ -40,6 +40,7 @@ class FeatureContext:
     query: "Query"
     candidates: Candidates
     source: FeatureSource
+    memo: dict = field(default_factory=dict)  # per-call scratch space shared by groups (e.g. backend rows)
 
 
 class EmbeddedFeatureSource:
@@ -48,16 +49,21 @@ class EmbeddedFeatureSource:
     def __init__(self, backend: Any):
         self.backend = backend
 
-    def term_stats(self, field, kind, terms, candidates):
+    def _rows(self, ctx: FeatureContext) -> np.ndarray:
+        if "rows" not in ctx.memo:
+            ctx.memo["rows"] = self.backend.rows(ctx.candidates.ids)
+        return ctx.memo["rows"]
+
+    def term_stats(self, ctx, field, kind, terms):
         ft = self.backend.field_terms(field)
-        rows = self.backend.rows(candidates.ids)
+        rows = self._rows(ctx)
         return ft.term_freqs(rows, terms), ft.lengths[rows].astype(np.float64), ft.doc_freqs(terms), ft.num_docs, ft.avg_length
 
-    def cosines(self, text, candidates):
-        if not len(candidates):
+    def cosines(self, ctx):
+        if not len(ctx.candidates):
             return np.zeros(0)
-        q = self.backend.embedder.encode_query(text)
-        return self.backend.doc_vectors(candidates.ids) @ q
+        q = self.backend.embedder.encode_query(ctx.query.text)
+        return np.asarray(self.backend.vectors[self._rows(ctx)], dtype=np.float32) @ q
 
 
 class FieldsFeatureSource:
@@ -70,7 +76,8 @@ class FieldsFeatureSource:
     def __init__(self, backend: Any, embed_fields: list[str], knn_names: list[str]):
         self.backend, self.embed_fields, self.knn_names = backend, embed_fields, knn_names
 
-    def term_stats(self, field, kind, terms, candidates):
+    def term_stats(self, ctx, field, kind, terms):
+        candidates = ctx.candidates
         col = {t: j for j, t in enumerate(terms)}
         tf = np.zeros((len(candidates), len(terms)))
         dl = np.zeros(len(candidates))
@@ -84,7 +91,8 @@ class FieldsFeatureSource:
         df, num_docs, avgdl = self.backend.collection_stats(field, terms)
         return tf, dl, np.asarray(df, dtype=np.float64), int(num_docs), float(avgdl)
 
-    def cosines(self, text, candidates):
+    def cosines(self, ctx):
+        text, candidates = ctx.query.text, ctx.candidates
         out = np.full(len(candidates), np.nan)
         for r in self.knn_names:  # cosine kNN already scored these
             s = candidates.retriever_scores.get(r)
@@ -148,5 +156,9 @@ def feature_source_for(backend: Any, cfg: "IndexConfig") -> FeatureSource:
         return EmbeddedFeatureSource(backend)
     from cascade.config import KnnConfig
 
+    if cfg.features is not None and cfg.features.keyword is not None and not hasattr(backend, "collection_stats"):
+        raise ConfigError(f"{cfg.index}.yaml", "features.keyword",
+                          f"the {cfg.backend.type} backend cannot give global term statistics for BM25 features yet; "
+                          f"set `keyword: null` under features or use the embedded backend")
     knn = [n for n, r in cfg.retrievers.items() if isinstance(r, KnnConfig)]
     return FieldsFeatureSource(backend, cfg.embedder.fields, knn)

@@ -51,7 +51,7 @@ class SemanticGroup:
         return ["sem.cosine"]
 
     def compute(self, ctx: "FeatureContext") -> np.ndarray:
-        return ctx.source.cosines(ctx.query.text, ctx.candidates)[:, None]
+        return ctx.source.cosines(ctx)[:, None]
 
 
 def decay(distance_days: np.ndarray, cfg: RecencyFeatures) -> np.ndarray:

@@ -56,7 +56,7 @@ class KeywordGroup:
             counts = Counter(analyze(kind, ctx.query.text))
             terms = list(counts)
             qtf = np.array([counts[t] for t in terms], dtype=np.float64)
-            tf, dl, df, num_docs, avgdl = ctx.source.term_stats(field, kind, terms, ctx.candidates)
+            tf, dl, df, num_docs, avgdl = ctx.source.term_stats(ctx, field, kind, terms)
             score = bm25(tf, dl, df, qtf, num_docs, avgdl, self.k1, self.b)
             present = tf > 0
             cov = present.mean(axis=1) if terms else np.zeros(n)
