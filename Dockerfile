@@ -14,5 +14,6 @@ RUN pip install .
 
 RUN useradd --create-home cascade
 USER cascade
-# The HTTP service (`cascade serve`) arrives with a later issue; docker-compose.yml runs `cascade --help` until then.
-CMD ["cascade", "--help"]
+EXPOSE 8080
+# Every NAME.yaml in CASCADE_CONFIG_DIR is served; CASCADE_REDIS_URL turns on the shared cache.
+CMD ["cascade", "serve", "--host", "0.0.0.0", "--port", "8080"]

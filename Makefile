@@ -17,7 +17,7 @@ export CASCADE_CACHE_DIR ?= $(abspath .cascade/cache)
 export CASCADE_TRAINED_DIR ?= $(abspath .cascade/models)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean redis wrk
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,18 +28,31 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The service's tests and benchmark use a real redis-server (Debian's package); installed here when missing
+# (as root). Without it those tests are reported as skipped and the benchmark uses the in-process cache.
+redis:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) \
+		|| echo "warning: redis-server could not be installed; the Redis tests will be skipped"
+
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null) \
+		|| echo "warning: wrk could not be installed; bench-serve uses its Python load generator"
+
+# Ends by serving the index on 127.0.0.1 (it prints the URL and a curl example; Ctrl-C stops it).
+# `cascade demo --no-serve` stops after the evaluation.
 demo: venv
 	$(BIN)/cascade demo --report docs/benchmarks.md --plot docs/img/demo-scifact.png
 
 # Speed and quality numbers for docs/benchmarks.md (each section records its own command and machine).
-bench: venv
+bench: venv redis wrk
 	$(BIN)/cascade demo --prepare-only
+	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
 	$(BIN)/cascade index --dataset cranfield
 	$(BIN)/cascade features log --dataset cranfield --split test --out .cascade/logs/cranfield-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/cranfield-test.parquet --cv 5 --dataset cranfield --split test --report docs/benchmarks.md
 
-test: venv
+test: venv redis
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs
 
 clean:

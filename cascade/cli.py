@@ -1,4 +1,4 @@
-"""The ``cascade`` command line: index, search, eval, demo, config check."""
+"""The ``cascade`` command line: index, search, eval, demo, serve, config check."""
 
 from __future__ import annotations
 
@@ -389,10 +389,14 @@ def demo(
     plot_out: Path = typer.Option(Path("docs/img/demo-scifact.png"), "--plot", help="Where to write the plot."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     prepare_only: bool = typer.Option(False, help="Only build the index and train missing models."),
+    serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Then serve the index over HTTP until Ctrl-C."),
+    host: Optional[str] = typer.Option(None, help="With --serve: address (default: CASCADE_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="With --serve: port (default: CASCADE_PORT, 8080)."),
 ) -> None:
-    """Index SciFact (once), evaluate every step on its test queries, print and record the table."""
+    """Index SciFact (once), evaluate every step on its test queries, record the table, then serve the index."""
     _setup()
     try:
+        from cascade.config import find_config_file
         from cascade.datasets import corpus_file
 
         folder = _dataset_dir(dataset)
@@ -404,6 +408,55 @@ def demo(
         rep = _run_eval(dataset, None, split, limit, None)
         cmd = "make demo" + (f" (cascade demo --limit {limit})" if limit else " (cascade demo)")
         _emit(rep, json_out, plot_out, report, cmd, "demo")
+        if not serve_after:
+            return
+        from cascade.service.registry import ConfigSource
+
+        path = find_config_file(cfg.index, _settings().config_dir)
+        if path is None:  # unreachable: _config_for found or wrote it
+            raise CascadeError(f"no config file for {cfg.index}")
+        _serve(ConfigSource(files=(path,)), host, port, access_log=True,
+               example_query="does cholesterol cause heart disease" if dataset == "scifact" else "example query")
+    except CascadeError as exc:
+        _fail(exc)
+
+
+def _serve(source, host: Optional[str], port: Optional[int], access_log: bool,
+           example_query: str = "example query") -> None:
+    """Check the configs like start-up will, say where the service listens and how to call it, then serve."""
+    from cascade.service import create_app, serve as run_server
+
+    s = _settings()
+    host = host or s.host
+    port = s.port if port is None else port
+    configs = source.read()  # a bad config stops here with FILE: key: reason, before anything listens
+    names = sorted(configs)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    body = json.dumps({"query": example_query, "size": 3, "explain": True})
+    err.print(f"serving [bold]{', '.join(names)}[/] at [bold]{url}[/] (cache: "
+              f"{'redis ' + s.redis_url if s.redis_url else 'in-process LRU; set CASCADE_REDIS_URL for Redis'}); "
+              f"indexes open in the background, {url}/readyz says when they are ready")
+    err.print(f"  try: curl -s {url}/v1/indexes/{names[0]}/search -H 'Content-Type: application/json' "
+              f"-d {shlex.quote(body)}", markup=False)
+    err.print(f"  API: {url}/docs   metrics: {url}/metrics   stop: Ctrl-C", markup=False)
+    logging.getLogger("cascade.service").setLevel(logging.INFO)
+    run_server(create_app(s, source), host, port, access_log=access_log)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default: CASCADE_HOST, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: CASCADE_PORT, 8080)."),
+    index_config: Optional[Path] = typer.Option(
+        None, "--index-config", help="Folder of NAME.yaml cascade configs, one index each (default: CASCADE_CONFIG_DIR)."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log one line per request."),
+) -> None:
+    """Serve every index in the config folder over HTTP: search, explain, Redis cache, metrics, reload."""
+    _setup()
+    from cascade.service.registry import ConfigSource
+
+    try:
+        _serve(ConfigSource(directory=index_config or _settings().config_dir), host, port, access_log)
     except CascadeError as exc:
         _fail(exc)
 
@@ -568,6 +621,60 @@ def bench_ltr(
             f"| LightGBM predict | {r.predict_p50_ms:.2f} | {r.predict_p95_ms:.2f} |",
             f"| **total** | **{r.total_p50_ms:.2f}** | **{r.total_p95_ms:.2f}** |", ""])
         update_section(report, f"ltr-latency-{dataset}", f"LTR stage cost: features + LightGBM for {candidates} candidates", body)
+        err.print(f"updated {report}")
+
+
+@app.command("bench-serve")
+def bench_serve(
+    dataset: str = typer.Option("scifact", help="Dataset whose queries to send (its index must be built)."),
+    split: str = typer.Option("test"),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Index (default: the dataset's name)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N queries for the uncached pass."),
+    concurrency: list[int] = typer.Option([4, 16], help="Connections of the cache-hit load (repeatable)."),
+    duration: int = typer.Option(10, min=1, max=300, help="Seconds of load per concurrency level."),
+    with_cross_encoder: bool = typer.Option(False, help="Keep cross-encoder stages (about 0.8 s per uncached query)."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """Time the HTTP service: cache hits under load (wrk) and uncached searches beside in-process ones."""
+    _setup()
+    from cascade.datasets import load_qrels, load_queries
+    from cascade.report import machine, update_section
+    from cascade.service import bench
+    from connectors.embedded import index_exists
+
+    try:
+        folder = _dataset_dir(dataset)
+        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        cfg = _config_for(index_name or dataset, None, create=False)
+        if cfg.backend.type == "embedded" and not index_exists(cfg, _settings()):
+            raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
+                               f"(or `cascade demo --prepare-only`) first")
+        cfg = bench.cheap_config(cfg, with_cross_encoder)
+        texts = [queries[q] for q in qrels if q in queries][:limit]
+        r = bench.run(cfg, _settings(), texts, concurrency=concurrency, duration_s=duration,
+                      on_step=lambda s: err.print(f"[dim]{s}[/]"))
+    except CascadeError as exc:
+        _fail(exc)
+        return
+    t = Table(title=f"cache hits through HTTP ({r.load[0].tool if r.load else '-'}; cache: {r.cache_backend})")
+    for c in ("connections", "requests/s", "p50 ms", "p99 ms", "hits", "errors"):
+        t.add_column(c, justify="right")
+    for x in r.load:
+        t.add_row(str(x.concurrency), f"{x.rps:,.0f}", f"{x.p50_ms:.2f}", f"{x.p99_ms:.2f}", str(x.hits), str(x.errors))
+    console.print(t)
+    import numpy as np
+
+    u = Table(title=f"uncached: {r.queries} queries, cascade {r.cascade}")
+    for c in ("path", "p50 ms", "p95 ms"):
+        u.add_column(c, justify="right" if c != "path" else "left")
+    for name, v in (("HTTP (client)", r.http_uncached_ms), ("HTTP (took_ms)", r.server_uncached_ms),
+                    ("in-process", r.inproc_ms)):
+        u.add_row(name, f"{np.percentile(v, 50):.1f}", f"{np.percentile(v, 95):.1f}")
+    console.print(u)
+    if report:
+        cmd = "make bench (cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + ")"
+        title = "HTTP service: cache hits under load, uncached searches through HTTP and in-process"
+        update_section(report, f"service-{cfg.index}", title, bench.markdown(r, cmd, machine()))
         err.print(f"updated {report}")
 
 

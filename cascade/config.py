@@ -183,6 +183,17 @@ class Limits(_Strict):
     max_query_chars: int = Field(default=2048, ge=1)
 
 
+class CacheConfig(_Strict):
+    """How the service caches this index's answers (Redis, or an in-process LRU without CASCADE_REDIS_URL)."""
+
+    enabled: bool = Field(default=True, description="Cache final results of searches that did not degrade.")
+    ttl_s: int = Field(default=300, ge=1, le=30 * 86_400, description="Lifetime of a cached result.")
+    pair_scores: bool = Field(
+        default=False, description="Also cache cross-encoder scores per (query, document text) across searches."
+    )
+    pair_scores_ttl_s: int = Field(default=86_400, ge=1, le=30 * 86_400, description="Lifetime of a cached pair score.")
+
+
 StageConfig = tagged_union(STAGE_CONFIGS, "type")
 
 
@@ -204,6 +215,7 @@ class IndexConfig(_Strict):
     features: FeatureSetConfig | None = Field(default=None, description="Learning-to-rank features (see docs/config.md).")
     stages: list[StageConfig] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="before")
     @classmethod

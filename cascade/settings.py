@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,35 @@ class Settings(BaseSettings):
         description="Base URL of the public BEIR archives (NAME.zip).",
     )
     torch_threads: int | None = Field(default=None, description="torch intra-op threads (default: torch's own).")
+
+    # The HTTP service (`cascade serve`).
+    host: str = Field(default="127.0.0.1", description="Address `cascade serve` listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port `cascade serve` listens on.")
+    redis_url: str | None = Field(
+        default=None, description="Redis for cached results (redis://host:6379/0); unset: an in-process LRU."
+    )
+    redis_timeout_s: float = Field(
+        default=0.1, gt=0, le=30,
+        description="Connect, read and pool-wait timeout for Redis; a slower Redis is skipped, not waited for.",
+    )
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000, description="Connections in the Redis pool.")
+    redis_retry_s: float = Field(
+        default=1.0, ge=0, le=3600, description="After a Redis failure, serve uncached this long before trying it again."
+    )
+    memory_cache_items: int = Field(
+        default=10_000, ge=0, description="Entries in the in-process LRU used when no Redis URL is set."
+    )
+    admin_api_key: SecretStr | None = Field(
+        default=None, description="Key for /v1/admin/* (header X-API-Key); unset: admin endpoints are off."
+    )
+    max_concurrent_searches: int = Field(
+        default=4, ge=1, le=1024, description="Uncached searches computed at once; more wait in a queue."
+    )
+    max_queued_searches: int = Field(
+        default=64, ge=0, le=100_000, description="Uncached searches allowed to wait; beyond that: 503 with Retry-After."
+    )
+    search_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="A request waits this long for its cascade.")
+    max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,177 @@
+"""Request and response bodies of the HTTP API, as pydantic models so /openapi.json says exactly what is served.
+
+Request models are strict (no "10" for 10, no true for 1) and forbid unknown
+keys: a typo in a field name is an error that names the field, not a silently
+ignored setting. Limits that depend on the index (``size``, query length,
+which filters exist) are checked against its config after parsing; the bounds
+here are the widest any config allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+MAX_WINDOW = 10_000  # the largest size, from, keep or rerank any config may declare
+
+Scalar = StrictStr | StrictInt | StrictFloat
+
+
+class RangeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    gt: Scalar | None = None
+    gte: Scalar | None = None
+    lt: Scalar | None = None
+    lte: Scalar | None = None
+
+
+FilterValue = Scalar | list[Scalar] | RangeSpec
+
+
+class StepOverride(BaseModel):
+    """Lower a step's depth for one request; never above what the config declares."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    keep: StrictInt | None = Field(default=None, ge=1, le=MAX_WINDOW, description="Pass on at most N candidates.")
+    rerank: StrictInt | None = Field(default=None, ge=1, le=MAX_WINDOW, description="Score only the top N incoming.")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={"examples": [{"query": "solar power storage", "filters": {"year": {"gte": 2019}},
+                                         "size": 10, "explain": False}]},
+    )
+
+    query: StrictStr = Field(min_length=1, description="Query text; the index's limits.max_query_chars applies.")
+    filters: dict[str, FilterValue] = Field(
+        default_factory=dict,
+        description='By field: a value (term), a list (any of), or a range {"gte": 2010, "lt": 2020} on numbers and dates.',
+    )
+    size: StrictInt = Field(default=10, ge=1, le=MAX_WINDOW, description="Hits to return (at most the index's limits.max_size).")
+    from_: StrictInt = Field(default=0, alias="from", ge=0, le=MAX_WINDOW, description="Offset of the first hit; from + size <= limits.max_size.")
+    user_id: StrictStr | None = Field(default=None, max_length=256, description="Caller's user, for logs (not part of the cache key).")
+    session_id: StrictStr | None = Field(default=None, max_length=256, description="Caller's session, for logs.")
+    explain: StrictBool = Field(default=False, description="Add each step's trace and each hit's retriever and stage scores.")
+    overrides: dict[str, StepOverride] = Field(
+        default_factory=dict,
+        description='Per step ("fusion" or a stage name): lower keep or rerank for this request, at most the configured value.',
+    )
+
+
+class RetrieverScore(BaseModel):
+    score: float
+    rank: int
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float | None
+    fields: dict[str, Any]
+    retrievers: dict[str, RetrieverScore] | None = Field(default=None, description="explain: which retrievers found it, score and rank.")
+    stages: dict[str, float | None] | None = Field(default=None, description="explain: each stage's score (null: not scored).")
+    features: dict[str, float | None] | None = Field(default=None, description="explain: the LTR feature vector.")
+
+
+class TraceTop(BaseModel):
+    id: str
+    score: float | None
+
+
+class TraceStep(BaseModel):
+    name: str
+    kind: str = Field(description="retriever, fusion, features or the stage type.")
+    n_in: int
+    n_out: int
+    scored: int = Field(description="Candidates this step scored (cross-encoder pairs for a cross_encoder stage).")
+    ms: float
+    elapsed_ms: float
+    top: list[TraceTop]
+    error: str | None = Field(default=None, description="Why the step failed; the response was built without it.")
+    note: str | None = Field(default=None, description="What else happened to the step (e.g. shrunk to fit a budget).")
+
+
+class SearchResponse(BaseModel):
+    index: str
+    config_version: str
+    hits: list[SearchHit]
+    total: int = Field(description="Candidates left after the last step (what from/size page through).")
+    degraded: list[str] = Field(description="Steps that failed; the ranking was built without them.")
+    cache: Literal["hit", "miss"]
+    request_id: str
+    took_ms: float
+    trace: list[TraceStep] | None = Field(default=None, description="explain: every step in order.")
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(description="The request part at fault: query, size, from, filters.year, overrides.ltr.keep, index...")
+    message: str
+    type: str
+    limit: int | None = None
+    file: str | None = Field(default=None, description="Config errors: the file at fault.")
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class CacheInfo(BaseModel):
+    enabled: bool
+    ttl_s: int
+    pair_scores: bool
+
+
+class IndexInfo(BaseModel):
+    name: str
+    version: str
+    description: str
+    status: Literal["loading", "ready", "unavailable"]
+    error: str | None = None
+    backend: str
+    steps: list[str]
+    cache: CacheInfo
+
+
+class IndexList(BaseModel):
+    generation: int = Field(description="Increases with every successful reload.")
+    indexes: list[IndexInfo]
+
+
+class StepBounds(BaseModel):
+    keep: int | None = Field(description="Largest keep an override may ask for.")
+    rerank: int | None = Field(description="Largest rerank an override may ask for (null: the step has none).")
+
+
+class CascadeInfo(BaseModel):
+    index: str
+    version: str
+    status: Literal["loading", "ready", "unavailable"]
+    error: str | None = None
+    fingerprint: str | None = Field(description="Hash of the config, the models and the built index: part of cache keys.")
+    config: dict[str, Any] = Field(description="The effective config, defaults filled in.")
+    plan: list[dict[str, Any]] | None = Field(description="The cascade as built (what explain mirrors).")
+    overrides: dict[str, StepBounds]
+
+
+class ReloadResponse(BaseModel):
+    generation: int
+    indexes: list[IndexInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class IndexReadiness(BaseModel):
+    status: Literal["loading", "ready", "unavailable"]
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "unavailable"]
+    indexes: dict[str, IndexReadiness]
+    cache: dict[str, Any]

@@ -1,0 +1,223 @@
+"""The search path of the service: validate, look up the cache, compute once, store, answer.
+
+A cached answer is the response body minus the per-request fields, stored as
+JSON bytes; a hit appends ``cache``, ``request_id`` and ``took_ms`` to those
+bytes instead of decoding and re-encoding the hits, which is what keeps a hit
+within a few milliseconds on loopback.
+
+Cache keys hash everything the ranking depends on: the index, its config
+version and fingerprint (config, models, built index), the normalized query
+text, the typed filters in a canonical order, size/from, the overrides and
+whether the trace was asked for. User and session ids are not in the key:
+nothing in a cascade reads them yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cascade.controller import Cascade, SearchResult
+from cascade.errors import CascadeError, QueryError
+from cascade.query import Query, RangeFilter, TermFilter
+from cascade.service.concurrency import Overloaded
+from cascade.service.errors import ApiError, from_query_error
+from cascade.service.overrides import apply_overrides, canonical
+from cascade.service.schemas import RangeSpec, SearchRequest
+
+if TYPE_CHECKING:
+    from cascade.service.registry import IndexEntry
+    from cascade.service.state import ServiceState
+
+_WS = re.compile(r"\s+")
+# Dates are epoch seconds; keep them where every backend's date type can hold them (tantivy stores
+# nanoseconds in 64 bits: 1677-09-21 to 2262-04-11), so whole years 1678 to 2261.
+_DATE_MIN = dt.datetime(1678, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+_DATE_MAX = dt.datetime(2262, 1, 1, tzinfo=dt.timezone.utc).timestamp() - 1
+_I64 = 2 ** 63
+
+
+def normalize_text(text: str) -> str:
+    """Same query, same key: Unicode NFKC and runs of whitespace collapsed. Case is kept (models may care)."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def _check_unicode(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, field, "not valid Unicode text (a lone surrogate escape such as \\ud800)", "invalid") from None
+
+
+def _plain_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, v in filters.items():
+        if isinstance(v, RangeSpec):
+            v = v.model_dump(exclude_none=True)
+        for s in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]):
+            if isinstance(s, str):
+                _check_unicode(s, f"filters.{name}")
+        out[name] = v
+    return out
+
+
+def _check_filter_values(query: Query) -> None:
+    """Bounds the query layer does not check but backends would trip over (huge dates, 2**70, infinities)."""
+    for f in query.parsed_filters:
+        vals = f.values if isinstance(f, TermFilter) else (f.gt, f.gte, f.lt, f.lte)
+        for v in vals:
+            if v is None or f.type == "keyword":
+                continue
+            where = f"filters.{f.field}"
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ApiError(422, where, f"expected a finite number, got {v!r}", "invalid")
+            if f.type == "date" and not _DATE_MIN <= v <= _DATE_MAX:
+                raise ApiError(422, where, "date out of range: 1678-01-01 to 2261-12-31", "out_of_range")
+            if f.type == "integer" and not -_I64 <= v < _I64:
+                raise ApiError(422, where, "integer out of range: a signed 64-bit value", "out_of_range")
+
+
+def _canonical_filters(query: Query) -> list[Any]:
+    out = []
+    for f in sorted(query.parsed_filters, key=lambda f: f.field):
+        if isinstance(f, TermFilter):
+            out.append([f.field, f.type, "in", sorted({repr(v) for v in f.values})])
+        elif isinstance(f, RangeFilter):
+            out.append([f.field, f.type, "range", [repr(x) for x in (f.gt, f.gte, f.lt, f.lte)]])
+    return out
+
+
+def build_query(entry: "IndexEntry", req: SearchRequest) -> Query:
+    """The validated query, or ApiError(422) naming the field and the index's limit."""
+    lim = entry.config.limits
+    _check_unicode(req.query, "query")
+    if len(req.query) > lim.max_query_chars:
+        raise ApiError(422, "query", f"query is {len(req.query)} characters; the limit of index {entry.name} is "
+                                     f"{lim.max_query_chars}", "too_long", limit=lim.max_query_chars)
+    if req.size > lim.max_size:
+        raise ApiError(422, "size", f"must be between 1 and {lim.max_size} (limits.max_size of index {entry.name}), "
+                                    f"got {req.size}", "too_large", limit=lim.max_size)
+    if req.from_ + req.size > lim.max_size:
+        raise ApiError(422, "from", f"from + size must be at most {lim.max_size} (limits.max_size of index "
+                                    f"{entry.name}), got {req.from_} + {req.size}", "too_large", limit=lim.max_size)
+    text = normalize_text(req.query)
+    q = Query(text=text, filters=_plain_filters(req.filters), size=req.size, offset=req.from_,
+              user_id=req.user_id, session_id=req.session_id)
+    assert entry.cascade is not None
+    try:
+        q = entry.cascade.validate(q)
+    except QueryError as exc:
+        raise from_query_error(exc) from None
+    _check_filter_values(q)
+    return q
+
+
+def result_key(entry: "IndexEntry", query: Query, req: SearchRequest) -> str:
+    parts = [entry.name, entry.version, entry.fingerprint, query.text, _canonical_filters(query), query.size,
+             query.offset, canonical(req.overrides), bool(req.explain)]
+    blob = json.dumps(parts, separators=(",", ":"), ensure_ascii=False, default=repr)
+    digest = hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+    return f"cascade:result:{entry.name}:{digest}"
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def dumps(payload: dict[str, Any]) -> bytes:
+    """Strict JSON (no NaN/Infinity, which JSON parsers refuse): non-finite numbers become null."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        text = json.dumps(_finite(payload), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8", "replace")
+
+
+def finish(stable: bytes, cache: str, request_id: str, took_ms: float) -> bytes:
+    """The stored body plus this request's fields (the stored part is a JSON object without them)."""
+    tail = f',"cache":"{cache}","request_id":{json.dumps(request_id)},"took_ms":{round(took_ms, 3)}}}'
+    return stable[:-1] + tail.encode()
+
+
+@dataclass
+class Computed:
+    body: bytes  # the stable part of the response
+    degraded: list[str]
+    result: SearchResult | None = None
+
+
+async def compute(state: "ServiceState", entry: "IndexEntry", view: Cascade, query: Query, explain: bool) -> Computed:
+    """Run the cascade (within the admission limit) and encode the stable part of the response."""
+    m = state.metrics
+    try:
+        async with state.admission.slot():
+            m.in_flight.inc()
+            try:
+                res = await view.search(query, validated=True)
+            finally:
+                m.in_flight.dec()
+    except Overloaded as exc:
+        m.rejected.labels(entry.name).inc()
+        raise ApiError(503, None, f"overloaded: {exc}", "overloaded", headers={"Retry-After": "1"}) from None
+    except QueryError as exc:
+        raise from_query_error(exc) from None
+    except CascadeError as exc:  # a backend refused or failed: not the caller's fault
+        status = 502 if getattr(exc, "status", None) else 503
+        raise ApiError(status, None, f"index {entry.name}: {exc}", "backend_error") from None
+    except Exception as exc:  # e.g. every retriever failed: the dependencies, not the request
+        raise ApiError(503, None, f"index {entry.name}: search failed: {type(exc).__name__}: {exc}",
+                       "search_failed") from None
+    m.observe_result(entry.name, res)
+    payload: dict[str, Any] = {
+        "index": entry.name, "config_version": entry.version, "hits": res.hits(explain=explain),
+        "total": len(res.candidates), "degraded": res.degraded,
+    }
+    if explain:
+        payload["trace"] = [t.as_dict(top=query.offset + query.size) for t in res.traces]
+    return Computed(dumps(payload), res.degraded, res)
+
+
+async def run_search(state: "ServiceState", entry: "IndexEntry", req: SearchRequest) -> tuple[bytes, str]:
+    """``(stable body, "hit" | "miss")`` for one request."""
+    query = build_query(entry, req)
+    assert entry.cascade is not None
+    view = apply_overrides(entry.cascade, req.overrides)
+    m = state.metrics
+    cfg = entry.config.cache
+    key = result_key(entry, query, req) if cfg.enabled else None
+    if key is not None:
+        cached = await state.cache.get(key)
+        if cached is not None:
+            m.child(m.cache_lookups, entry.name, "hit").inc()
+            return cached, "hit"
+        m.child(m.cache_lookups, entry.name, "miss").inc()
+
+    async def flight() -> Computed:
+        out = await compute(state, entry, view, query, req.explain)
+        if key is not None and not out.degraded:  # a degraded answer is not worth repeating for ttl_s
+            await state.cache.set(key, out.body, cfg.ttl_s)
+        return out
+
+    flight_key = key or f"nocache:{id(req)}:{time.monotonic_ns()}"
+    try:
+        out, shared = await state.singleflight.do(flight_key, flight, state.settings.search_timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(504, None, f"index {entry.name}: no answer within {state.settings.search_timeout_s:g} s "
+                                  f"(CASCADE_SEARCH_TIMEOUT_S); the search goes on and fills the cache", "timeout") from None
+    if shared:
+        m.singleflight_shared.labels(entry.name).inc()
+    return out.body, "miss"

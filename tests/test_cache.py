@@ -1,0 +1,247 @@
+"""The caches against a real redis-server process: TTLs, fail-open, recovery; the LRU; single-flight; pair scores.
+
+Redis is stopped, restarted and paused (SIGSTOP) for real; nothing here mocks
+it. Timeouts are short so a dead Redis costs milliseconds, and every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from cascade.service.concurrency import Admission, Overloaded, SingleFlight
+from connectors.cache import LRU, MemoryCache, RedisCache
+from connectors.score_cache import CachedPairScorer, MemoryPairStore, RedisPairStore
+from tests.service_fixtures import CountingScorer, RedisServer, free_port, redis_server  # noqa: F401
+
+
+def errors_hook():
+    seen: list[tuple[str, str]] = []
+    return seen, lambda op, exc: seen.append((op, type(exc).__name__))
+
+
+async def test_redis_cache_round_trip_and_ttl(redis_server):
+    cache = RedisCache(redis_server.url, timeout_s=0.2, retry_s=0.2)
+    try:
+        assert await cache.ping()
+        assert await cache.get("k") is None
+        await cache.set("k", b'{"hits":[]}', ttl_s=0.3)
+        assert await cache.get("k") == b'{"hits":[]}'
+        assert 0 < redis_server.client().pttl("k") <= 300
+        await asyncio.sleep(0.45)
+        assert await cache.get("k") is None  # expired in Redis itself
+        assert cache.status()["state"] == "up" and cache.errors == 0
+    finally:
+        await cache.close()
+
+
+async def test_redis_down_is_a_fast_miss_and_caching_resumes(redis_server):
+    seen, hook = errors_hook()
+    cache = RedisCache(redis_server.url, timeout_s=0.1, retry_s=0.3, on_error=hook)
+    try:
+        await cache.set("k", b"v", 60)
+        assert await cache.get("k") == b"v"
+        redis_server.stop()
+        t = time.perf_counter()
+        assert await cache.get("k") is None
+        await cache.set("k2", b"v2", 60)
+        assert await cache.get("k2") is None
+        assert time.perf_counter() - t < 1.0
+        assert seen[0][0] == "get" and cache.errors == 1  # then the breaker skips Redis without trying it
+        assert {op for op, _ in seen[1:]} <= {"get_skipped", "set_skipped"} and len(seen) == 3
+        assert cache.status()["state"] == "down" and "last_error" in cache.status()
+
+        redis_server.start()  # the same port, an empty server
+        await asyncio.sleep(0.35)  # the breaker's retry window
+        assert await cache.get("k") is None  # a miss (the data went with the old server), but no error
+        await cache.set("k", b"again", 60)
+        assert await cache.get("k") == b"again" and cache.status()["state"] == "up"
+    finally:
+        await cache.close()
+
+
+async def test_paused_redis_times_out_instead_of_hanging(redis_server):
+    cache = RedisCache(redis_server.url, timeout_s=0.1, retry_s=5)
+    try:
+        await cache.set("k", b"v", 60)
+        redis_server.pause()
+        t = time.perf_counter()
+        assert await cache.get("k") is None
+        assert time.perf_counter() - t < 0.5  # the socket timeout, not the server, decides
+        redis_server.resume()
+        assert await cache.ping() and await cache.get("k") == b"v"  # ping closes the breaker
+    finally:
+        await cache.close()
+
+
+async def test_no_server_at_all_fails_open():
+    seen, hook = errors_hook()
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.1, retry_s=60, on_error=hook)
+    try:
+        t = time.perf_counter()
+        assert await cache.get("x") is None and not await cache.ping()
+        assert time.perf_counter() - t < 1.0 and seen and seen[0][1] in ("ConnectionError", "TimeoutError")
+    finally:
+        await cache.close()
+
+
+async def test_memory_cache_lru_and_ttl():
+    lru = LRU(max_items=2)
+    lru.set("a", b"1", 10, now=0)
+    lru.set("b", b"2", 10, now=0)
+    assert lru.get("a", now=1) == b"1"  # a is now the most recent
+    lru.set("c", b"3", 10, now=1)
+    assert lru.get("b", now=1) is None and lru.get("a", now=1) == b"1" and lru.get("c", now=1) == b"3"
+    assert lru.get("a", now=10.5) is None and len(lru) == 1  # expired entries go on read
+    cache = MemoryCache(max_items=10)
+    await cache.set("k", b"v", 0.05)
+    assert await cache.get("k") == b"v"
+    await asyncio.sleep(0.08)
+    assert await cache.get("k") is None
+    assert (await cache.ping()) and cache.status()["backend"] == "memory"
+    assert MemoryCache(max_items=0).lru.get("k") is None
+
+
+async def test_single_flight_shares_results_and_errors():
+    sf: SingleFlight = SingleFlight()
+    calls = 0
+
+    async def work():
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return calls
+
+    results = await asyncio.gather(*(sf.do("k", work) for _ in range(5)))
+    assert calls == 1 and [r for r, _ in results] == [1] * 5 and sum(s for _, s in results) == 4
+    assert len(sf) == 0 and (await sf.do("k", work))[0] == 2  # finished flights are forgotten
+
+    async def boom():
+        await asyncio.sleep(0.01)
+        raise ValueError("bad")
+
+    outs = await asyncio.gather(*(sf.do("e", boom) for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(o, ValueError) for o in outs)
+
+    # A waiter that gives up does not cancel the computation for the others.
+    async def slow():
+        await asyncio.sleep(0.2)
+        return "done"
+
+    first = asyncio.create_task(sf.do("s", slow, timeout_s=0.05))
+    second = asyncio.create_task(sf.do("s", slow))
+    with pytest.raises(asyncio.TimeoutError):
+        await first
+    assert (await second) == ("done", True)
+
+
+async def test_admission_bounds_running_and_waiting():
+    adm = Admission(limit=1, queue=1)
+    gate = asyncio.Event()
+
+    async def hold():
+        async with adm.slot():
+            await gate.wait()
+
+    a = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    b = asyncio.create_task(hold())
+    await asyncio.sleep(0.01)
+    assert adm.running == 1 and adm.waiting == 1
+    with pytest.raises(Overloaded, match="1 searches running and 1 waiting"):
+        async with adm.slot():
+            pass
+    gate.set()
+    await asyncio.gather(a, b)
+    assert adm.running == 0 and adm.waiting == 0
+
+
+def test_pair_scores_come_from_redis_the_second_time(redis_server):
+    inner = CountingScorer()
+    store = RedisPairStore(redis_server.url, timeout_s=0.2, retry_s=0.2)
+    lookups: list[tuple[int, int]] = []
+    scorer = CachedPairScorer(inner, store, ttl_s=60, namespace="m1", on_lookup=lambda h, m: lookups.append((h, m)))
+    docs = ["alpha doc", "beta document", "gamma"]
+    first = scorer.score("q", docs)
+    assert inner.pairs == 3 and np.allclose(first, inner.score("q", docs)) and lookups == [(0, 3)]
+    inner.pairs = 0
+    again = scorer.score("q", docs + ["delta"])
+    assert inner.pairs == 1 and np.allclose(again[:3], first) and lookups[-1] == (3, 1)
+    assert scorer.name == inner.name and scorer.lock is inner.lock  # other attributes pass through
+    # Another model (namespace) or another query never reuses these scores.
+    other = CachedPairScorer(inner, store, ttl_s=60, namespace="m2")
+    other.score("q", docs)
+    scorer.score("q2", docs)
+    assert inner.pairs == 1 + 3 + 3
+    keys = redis_server.client().keys("cascade:pair:*")
+    assert len(keys) == 4 + 3 + 3 and 0 < redis_server.client().pttl(keys[0]) <= 60_000
+
+    redis_server.stop()  # the model scores everything itself, and nothing raises
+    inner.pairs = 0
+    t = time.perf_counter()
+    assert np.allclose(scorer.score("q", docs), first) and inner.pairs == 3
+    assert time.perf_counter() - t < 1.0
+    store.close()
+
+
+def test_pair_scores_in_memory_without_redis():
+    inner = CountingScorer()
+    scorer = CachedPairScorer(inner, MemoryPairStore(100), ttl_s=60, namespace="m")
+    assert scorer.score("q", []).shape == (0,)
+    scorer.score("q", ["a", "b"])
+    scorer.score("q", ["b", "a"])
+    assert inner.pairs == 2
+
+
+async def test_pair_cache_wraps_a_cascade_stage(redis_server, tmp_path):
+    """The registry hook finds a stage's ``scorer`` and puts the cache in front; searches then skip known pairs."""
+    from cascade.controller import Cascade
+    from cascade.query import Query
+    from cascade.service.registry import wrap_pair_scorers
+    from connectors.embedded import build_index
+    from tests.conftest import TINY_DOCS, tiny_config
+    from tests.service_fixtures import ScorerStage, make_settings
+
+    settings = make_settings(tmp_path, tmp_path / "idx")
+    cfg = tiny_config()
+    build_index(cfg, ((i + 1, dict(d)) for i, d in enumerate(TINY_DOCS)), settings, source="tiny.jsonl")
+    casc = Cascade.from_config(cfg, settings)
+    inner = CountingScorer()
+    casc.stages.append(ScorerStage(inner, rerank=5))
+    seen: list[tuple[str, int, int]] = []
+    store = RedisPairStore(redis_server.url, timeout_s=0.2)
+    assert wrap_pair_scorers(casc, store, 60, lambda idx, h, m: seen.append((idx, h, m))) == 1
+    assert wrap_pair_scorers(casc, store, 60) == 0  # never wrapped twice
+    a = await casc.search(Query(text="solar electricity", size=5))
+    assert inner.pairs == 5 and seen == [("tiny", 0, 5)]
+    b = await casc.search(Query(text="solar electricity", size=3))
+    assert inner.pairs == 5 and seen[-1] == ("tiny", 5, 0)
+    assert [c for c in b.candidates.ids[:3]] == a.candidates.ids[:3]
+    store.close()
+
+
+def test_real_cross_encoder_stage_exposes_a_wrappable_scorer(models_dir, tmp_path):
+    """Guards the seam the pair cache relies on: the cross-encoder stage scores through ``stage.scorer``."""
+    from cascade.service.registry import wrap_pair_scorers
+    from cascade.stages.cross_encoder import CrossEncoderConfig
+    from cascade.stages.base import BuildContext
+    from connectors.score_cache import CachedPairScorer
+    from tests.conftest import tiny_config
+    from tests.service_fixtures import make_settings
+
+    settings = make_settings(tmp_path, tmp_path / "idx", models_dir=models_dir)
+    ce = CrossEncoderConfig(model="minilm-l6-ce-v1", max_length=64).build(BuildContext(settings, tiny_config()))
+
+    class One:
+        stages = [ce]
+        config = tiny_config()
+
+    assert wrap_pair_scorers(One, MemoryPairStore(10), 60) == 1  # type: ignore[arg-type]
+    assert isinstance(ce.scorer, CachedPairScorer) and ce.describe()["model"].endswith("minilm-l6-ce-v1")
+    docs = ["Cholesterol raises the risk of heart disease.", "Fish live in the deep sea."]
+    first = ce.scorer.score("cholesterol heart", docs)
+    assert first[0] > first[1] and np.allclose(ce.scorer.score("cholesterol heart", docs), first)
