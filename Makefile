@@ -48,9 +48,14 @@ bench: venv redis wrk
 	$(BIN)/cascade demo --prepare-only
 	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
+	$(BIN)/cascade bench-combine --dataset scifact --split test --report docs/benchmarks.md
+	$(BIN)/cascade bench --dataset scifact --split test --limit 100 --depths 10,30,50 --json docs/naive-vs-cascade.json --plot docs/img/naive-vs-cascade.png --report docs/benchmarks.md
 	$(BIN)/cascade index --dataset cranfield
 	$(BIN)/cascade features log --dataset cranfield --split test --out .cascade/logs/cranfield-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/cranfield-test.parquet --cv 5 --dataset cranfield --split test --report docs/benchmarks.md
+	$(BIN)/cascade index --dataset npl
+	$(BIN)/cascade features log --dataset npl --split test --out .cascade/logs/npl-test.parquet
+	$(BIN)/cascade train ltr --data .cascade/logs/npl-test.parquet --cv 5 --dataset npl --split test --report docs/benchmarks.md
 
 test: venv redis
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs

@@ -56,6 +56,26 @@ class Candidates:
             scored=dict(self.scored),
         )
 
+    def concat(self, tail: "Candidates") -> "Candidates":
+        """This set followed by ``tail`` (columns one side lacks are NaN / 0 there)."""
+        if not len(tail):
+            return self
+        n1, n2 = len(self), len(tail)
+
+        def cols(a: dict, b: dict, fill) -> dict:
+            return {k: np.concatenate([a.get(k, np.full(n1, fill)), b.get(k, np.full(n2, fill))]) for k in {*a, *b}}
+
+        same_features = self.features is not None and tail.features is not None and self.feature_names == tail.feature_names
+        return Candidates(
+            ids=self.ids + tail.ids, fields=self.fields + tail.fields, score=np.concatenate([self.score, tail.score]),
+            retriever_scores=cols(self.retriever_scores, tail.retriever_scores, np.nan),
+            retriever_ranks={k: v.astype(np.int32) for k, v in cols(self.retriever_ranks, tail.retriever_ranks, 0).items()},
+            stage_scores=cols(self.stage_scores, tail.stage_scores, np.nan),
+            features=np.vstack([self.features, tail.features]) if same_features else None,
+            feature_names=list(self.feature_names) if same_features else [],
+            scored={**tail.scored, **self.scored},
+        )
+
     def head(self, n: int | None) -> "Candidates":
         return self if n is None or n >= len(self) else self.take(np.arange(n))
 

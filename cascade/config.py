@@ -181,6 +181,8 @@ BackendConfig = tagged_union((EmbeddedBackendConfig, OpenSearchBackendConfig), "
 class Limits(_Strict):
     max_size: int = Field(default=100, ge=1, le=10_000)
     max_query_chars: int = Field(default=2048, ge=1)
+    budget_ms: float | None = Field(default=None, gt=0, description="Default latency budget of a search: stages "
+                                    "that cannot fit in what is left are shrunk or skipped (noted in the trace).")
 
 
 class CacheConfig(_Strict):
@@ -268,6 +270,12 @@ class IndexConfig(_Strict):
             if s.stage_name in seen or s.stage_name in self.retrievers or s.stage_name == "fusion":
                 raise ValueError(f"stages.{i}.name: {s.stage_name!r} is used twice; give each stage its own name")
             seen.add(s.stage_name)
+            if s.combine is not None:
+                allowed = {"fusion", s.stage_name, *(t.stage_name for t in self.stages[:i])}
+                for src in s.combine.weights:
+                    if src not in allowed:
+                        raise ValueError(f"stages.{i}.combine.weights.{src}: not a score this stage can see "
+                                         f"(it can combine {sorted(allowed)})")
             if s.type == "ltr" and self.features is None:
                 raise ValueError(f"stages.{i}: an ltr stage needs a `features:` section declaring its feature set")
             for f in getattr(s, "fields", []) or []:

@@ -40,6 +40,7 @@ class StageTrace:
     ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None  # e.g. a stage shrunk or skipped to fit the request's budget
 
     def as_dict(self, top: int | None = None) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "kind", "n_in", "n_out", "scored", "ms", "elapsed_ms")}
@@ -47,11 +48,34 @@ class StageTrace:
         d["top"] = [{"id": i, "score": _f(s)} for i, s in list(zip(self.ids, self.scores))[:top]]
         if self.error:
             d["error"] = self.error
+        if self.note:
+            d["note"] = self.note
         return d
 
 
 def _f(x: float) -> float | None:
     return None if x is None or np.isnan(x) else round(float(x), 6)
+
+
+class CostModel:
+    """A running estimate of each stage's cost in milliseconds per scored candidate (EWMA)."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self._per_item: dict[str, float] = {}
+
+    def observe(self, stage: str, ms: float, items: int) -> None:
+        x = ms / max(items, 1)
+        old = self._per_item.get(stage)
+        self._per_item[stage] = x if old is None else (1 - self.alpha) * old + self.alpha * x
+
+    def per_item(self, stage: str) -> float:
+        return self._per_item.get(stage, 0.0)
+
+    def estimate(self, stage: str, items: int) -> float | None:
+        """None until the stage has run once: the first request pays to learn the cost."""
+        p = self._per_item.get(stage)
+        return None if p is None else p * items
 
 
 @dataclass
@@ -96,6 +120,7 @@ class Cascade:
         # One round trip for every retriever when the backend (the document source) offers it.
         self.multi = multi if multi is not None else (documents if isinstance(documents, MultiRetriever) else None)
         self.features = features  # a features.extractor.FeatureExtractor when the config declares features
+        self._costs = CostModel()
         self._field_types = {n: f.type for n, f in config.fields.items()}
 
     @classmethod
@@ -113,7 +138,7 @@ class Cascade:
 
             features = FeatureExtractor(config, feature_source_for(backend, config))
         ctx = BuildContext(settings=settings, index=config, feature_names=features.names if features else None)
-        stages = [s.build(ctx) for s in config.stages]
+        stages = [s.build(ctx) for s in config.stages if s.enabled]
         return cls(config, retrievers, stages, backend, features)
 
     def plan(self) -> list[dict[str, Any]]:
@@ -171,24 +196,47 @@ class Cascade:
 
     async def search(self, query: Query, *, validated: bool = False, budget_ms: float | None = None) -> SearchResult:
         t0 = time.perf_counter()
+        budget_ms = budget_ms if budget_ms is not None else self.config.limits.budget_ms
         deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
         if not validated:
             query = self.validate(query)
         cands, traces = await self.candidates(query, t0)
         for stage in self.stages:
             t = time.perf_counter()
-            error = None
-            try:
-                out = await stage(query, cands, deadline)
-            except Exception as exc:  # degrade: keep the previous order, flag the stage
-                log.exception("stage %s failed", stage.name)
-                out, error = cands, f"{type(exc).__name__}: {exc}"
+            error = note = None
+            window = self._affordable(stage, cands, deadline)
+            if window == 0:
+                out, note = cands, "skipped: the remaining budget cannot cover one candidate"
+            else:
+                head, tail = (cands, None) if window is None else (cands.head(window), cands.take(np.arange(window, len(cands))))
+                try:
+                    out = await stage(query, head, deadline)
+                    if tail is not None and len(tail):  # shrunk: the unscored rest follows in its previous order
+                        out = out.concat(tail).head(getattr(stage, "keep", None))
+                        note = f"shrunk to {window} candidates to fit the budget"
+                except Exception as exc:  # degrade: keep the previous order, flag the stage
+                    log.exception("stage %s failed", stage.name)
+                    out, error = cands, f"{type(exc).__name__}: {exc}"
             now = time.perf_counter()
-            scored = 0 if error else out.scored.get(stage.name, 0)
+            scored = 0 if error or note and note.startswith("skipped") else out.scored.get(stage.name, 0)
+            if scored:
+                self._costs.observe(stage.name, (now - t) * 1e3, scored)
             traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
-                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error))
+                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note))
             cands = out
         return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3)
+
+    def _affordable(self, stage: Stage, cands: Candidates, deadline: float | None) -> int | None:
+        """How many candidates the stage may score within the deadline (None: no limit needed)."""
+        if deadline is None:
+            return None
+        want = min(len(cands), getattr(stage, "rerank", None) or len(cands))
+        est = self._costs.estimate(stage.name, want)
+        left_ms = (deadline - time.monotonic()) * 1e3
+        if est is None or est <= left_ms:
+            return None
+        per_item = self._costs.per_item(stage.name)
+        return max(0, min(want, int(left_ms / per_item))) if per_item > 0 else None
 
     async def candidates(self, query: Query, t0: float | None = None) -> tuple[Candidates, list[StageTrace]]:
         """Retrieval, fusion and features: what every stage starts from (and what feature logs record).

@@ -90,7 +90,7 @@ def test_config_dir_stops_at_first_bad_file(tmp_path):
 def test_user_config_dir_overrides_builtin(tmp_path):
     write(tmp_path, "index: scifact\nversion: 7\n", "scifact")
     assert load_config("scifact", tmp_path).version == "7"
-    assert load_config("scifact", tmp_path / "absent").version == "2"
+    assert load_config("scifact", tmp_path / "absent").version == "3"
 
 
 def test_every_registered_stage_has_a_type_literal():

@@ -164,3 +164,73 @@ def test_plan_mirrors_config():
     assert [p["name"] for p in plan] == ["bm25", "knn", "fusion", "s"]
     assert plan[2] == {"name": "fusion", "type": "rrf", "keep": 4, "k": 0}
     assert plan[3]["rerank"] == 3 and plan[3]["keep"] == 2
+
+
+async def test_combine_orders_by_weighted_normalized_scores():
+    from cascade.stages.base import Combine
+
+    s1 = ScoreBy("s1", {"a": 3.0, "c": 2.0, "b": 1.0, "g": 0.0})
+    # s2 alone would put g first; combined with s1 (z-scores, equal weights) a stays on top.
+    s2 = ScoreBy("s2", {"a": 0.0, "c": 1.0, "b": 2.0, "g": 3.0},
+                 )
+    s2.combine = Combine(weights={"s1": 1.0, "s2": 1.0}, normalize="zscore")
+    c, *_ = make([s1, s2])
+    res = await c.search(Query("q", size=4))
+    # z(s1) = [1.34, .45, -.45, -1.34] for a, c, b, g; z(s2) is the mirror: every sum is 0 -> ties keep s1's order
+    assert res.candidates.ids == ["a", "c", "b", "g"]
+    s2.combine = Combine(weights={"s1": 1.0, "s2": 2.0}, normalize="zscore")
+    res = await c.search(Query("q", size=4))
+    assert res.candidates.ids == ["g", "b", "c", "a"]
+    assert res.candidates.stage_scores["s2"].tolist() == [3.0, 2.0, 1.0, 0.0]  # raw score kept for explain
+    assert res.candidates.score[0] == pytest.approx(-1.3416 + 2 * 1.3416, rel=1e-3)
+
+
+def test_combine_config_checks_names():
+    from cascade.config import parse_config
+    from cascade.errors import ConfigError
+
+    base = {"index": "t", "stages": [{"type": "cross_encoder", "model": "m", "combine": {"weights": {"ltr": 1, "cross_encoder": 1}}}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(base, "t.yaml")
+    assert e.value.key == "stages.0.combine.weights.ltr" and "fusion" in e.value.reason
+    base["stages"][0]["combine"]["weights"] = {"fusion": 1, "cross_encoder": 2}
+    assert parse_config(base, "t.yaml").stages[0].combine.weights == {"fusion": 1, "cross_encoder": 2}
+
+
+class Slow(ScoreBy):
+    """Costs 20 ms per candidate, so a budget can only cover a few."""
+
+    async def score(self, query, candidates, deadline):
+        await asyncio.sleep(0.02 * len(candidates))
+        return await super().score(query, candidates, deadline)
+
+
+async def test_budget_shrinks_then_skips_a_slow_stage():
+    slow = Slow("slow", {"g": 9.0, "b": 8.0})
+    c, *_ = make([slow])
+    first = await c.search(Query("q", size=4), budget_ms=5_000)  # learns the cost: ~20 ms per candidate
+    assert first.traces[-1].scored == 4 and first.traces[-1].note is None
+    res = await c.search(Query("q", size=4), budget_ms=50)
+    tr = res.traces[-1]
+    assert tr.note and tr.note.startswith("shrunk to") and 0 < tr.scored < 4
+    # the unscored rest follows in fusion order, below the scored ones
+    assert res.candidates.ids[tr.scored:] == [i for i in first.traces[2].ids if i not in res.candidates.ids[: tr.scored]]
+    res = await c.search(Query("q", size=4), budget_ms=1)
+    tr = res.traces[-1]
+    assert tr.note.startswith("skipped") and tr.scored == 0 and res.candidates.ids == first.traces[2].ids
+    assert res.degraded == []  # a budget decision is not a failure; it is in the trace's note
+
+
+def test_disabled_stage_is_not_built(tiny_index):
+    """The per-index gate: a disabled stage's model is never loaded (this one could not be)."""
+    from tests.conftest import tiny_config
+
+    _, settings = tiny_index
+    off = tiny_config(stages=[{"type": "cross_encoder", "model": "no-such-model", "enabled": False}])
+    c = Cascade.from_config(off, settings)
+    assert c.stages == [] and [p["name"] for p in c.plan()] == ["bm25", "knn", "fusion"]
+    on = tiny_config(stages=[{"type": "cross_encoder", "model": "no-such-model"}])
+    from cascade.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound):
+        Cascade.from_config(on, settings)

@@ -102,7 +102,7 @@ class LTRStage(Reranker):
     kind = "ltr"
 
     def __init__(self, cfg: LTRConfig, model: LTRModel):
-        super().__init__(cfg.stage_name, cfg.rerank, cfg.keep)
+        super().__init__(cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine)
         self.cfg, self.model = cfg, model
 
     async def score(self, query, candidates: Candidates, deadline: float | None) -> np.ndarray:
