@@ -657,10 +657,11 @@ def bench_serve(
         _fail(exc)
         return
     t = Table(title=f"cache hits through HTTP ({r.load[0].tool if r.load else '-'}; cache: {r.cache_backend})")
-    for c in ("connections", "requests/s", "p50 ms", "p99 ms", "hits", "errors"):
+    for c in ("connections", "requests/s", "p50 ms", "p99 ms", "hits", "errors", "service CPU µs/req"):
         t.add_column(c, justify="right")
     for x in r.load:
-        t.add_row(str(x.concurrency), f"{x.rps:,.0f}", f"{x.p50_ms:.2f}", f"{x.p99_ms:.2f}", str(x.hits), str(x.errors))
+        t.add_row(str(x.concurrency), f"{x.rps:,.0f}", f"{x.p50_ms:.2f}", f"{x.p99_ms:.2f}", str(x.hits), str(x.errors),
+                  f"{x.service_cpu_us:.0f}" if x.service_cpu_us is not None else "?")
     console.print(t)
     import numpy as np
 

@@ -16,7 +16,7 @@ import pytest
 from cascade.service.concurrency import Admission, Overloaded, SingleFlight
 from connectors.cache import LRU, MemoryCache, RedisCache
 from connectors.score_cache import CachedPairScorer, MemoryPairStore, RedisPairStore
-from tests.service_fixtures import CountingScorer, RedisServer, free_port, redis_server  # noqa: F401
+from tests.service_fixtures import CountingScorer, free_port, redis_server  # noqa: F401
 
 
 def errors_hook():

@@ -159,6 +159,30 @@ def test_malformed_bodies_and_sizes(client):
     assert r.status_code == 422 and r.json()["error"]["field"] == "filters.cites"
 
 
+def test_fast_path_edges_and_the_plain_route(client, make_client):
+    def chunks():
+        yield b'{"query": "'
+        yield b"x" * (1 << 20)
+        yield b'"}'
+
+    r = client.post(SEARCH, content=chunks(), headers={"Content-Type": "application/json"})  # chunked: no length
+    assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+    r = client.post("/v1/indexes/%FF%FE/search", json={"query": "x"})
+    assert r.status_code == 404 and r.json()["error"]["field"] == "index"
+    fast = client.post(SEARCH, json={"query": "wind turbines", "size": 2}).json()
+
+    # The FastAPI route (what answers without the guard's fast path) gives the same answers.
+    from cascade.service.app import RequestGuard
+
+    plain = make_client()
+    plain.app.user_middleware = [m for m in plain.app.user_middleware if m.cls is not RequestGuard]
+    plain.app.middleware_stack = plain.app.build_middleware_stack()
+    a = plain.post(SEARCH, json={"query": "wind turbines", "size": 2})
+    assert a.status_code == 200 and a.json()["hits"] == fast["hits"] and "x-request-id" not in a.headers
+    bad = plain.post(SEARCH, json={"query": "x", "size": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "size"
+
+
 def test_unknown_index_route_and_method(client):
     r = client.post("/v1/indexes/nope/search", json={"query": "x"})
     assert r.status_code == 404

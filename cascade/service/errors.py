@@ -80,9 +80,9 @@ def _filter_message(value: Any) -> str:
     return 'expected a string, a number, a list of them, or a range like {"gte": 2010, "lt": 2020}'
 
 
-def validation_error(exc: RequestValidationError) -> ApiError:
+def validation_error(exc: RequestValidationError | list[dict[str, Any]]) -> ApiError:
     """Pydantic's first error as one ApiError naming the field and, where there is one, the limit."""
-    errors = exc.errors()
+    errors = list(exc) if isinstance(exc, list) else exc.errors()
     if not errors:
         return ApiError(422, None, "invalid request", "invalid")
     first = errors[0]
