@@ -706,5 +706,106 @@ def config_show(index_name: str = typer.Argument(..., help="Index name.")) -> No
         _fail(exc)
 
 
+# Cross-encoder models: ONNX export and the side-by-side benchmark of every local backend.
+models_app = typer.Typer(no_args_is_help=True, help="Export cross-encoders for faster inference.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("export-onnx")
+def models_export_onnx(
+    model: str = typer.Argument(..., help="A path, a folder under CASCADE_MODELS_DIR, or a hub name."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (created if missing)."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Also write model.int8.onnx (dynamic int8 quantization)."),
+    opset: int = typer.Option(17, min=17, help="ONNX opset."),
+    max_length: Optional[int] = typer.Option(None, min=16, help="Token limit recorded for scoring (default: the model's)."),
+) -> None:
+    """Export a cross-encoder to ONNX (float32, and int8), check its logits against torch, write cascade-onnx.json."""
+    _setup()
+    from connectors.onnx_export import export_onnx
+
+    try:
+        meta = export_onnx(model, _settings(), out, int8=int8, opset=opset, max_length=max_length)
+    except CascadeError as exc:
+        _fail(exc)
+        return
+    fused = ", ".join(f"{k} {v}" for k, v in meta["fused_operators"].items()) or "none"
+    err.print(f"exported {meta['resolved']} (opset {meta['opset']}, max_length {meta['max_length']}; fused: {fused})")
+    for name, info in meta["files"].items():
+        c = info["check"]
+        err.print(f"wrote {out / name}: {info['precision']}, {(out / name).stat().st_size / 2**20:.1f} MiB; vs torch on "
+                  f"{c['pairs']} pairs: max |Δ logit| {c['max_abs_diff']:.2e}, Spearman {c['spearman']:.4f}")
+    err.print(f"use it with: {{type: cross_encoder, backend: onnx, model: {out}, onnx_file: "
+              f"{'model.int8.onnx' if int8 else 'model.onnx'}}}", markup=False)
+
+
+@app.command("bench-backends")
+def bench_backends_cmd(
+    dataset: str = typer.Option("scifact", help="Dataset with a built index and a cross_encoder stage in its config."),
+    split: str = typer.Option("test", help="qrels split (for minilm-l6-ce-v1 only SciFact test is clean)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
+    depth: int = typer.Option(20, min=1, help="Fused candidates scored per query."),
+    onnx: Optional[Path] = typer.Option(None, help="Folder from `cascade models export-onnx` "
+                                        "(default: CASCADE_TRAINED_DIR/MODEL-onnx)."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """Score the same top fused candidates with torch fp32, torch bf16, ONNX fp32 and ONNX int8: pairs/s and nDCG@10."""
+    _setup()
+    from cascade.bench_backends import compare_backends, markdown
+    from cascade.controller import Cascade
+    from cascade.datasets import load_qrels, load_queries
+    from cascade.report import machine, update_section
+    from cascade.stages.cross_encoder import CrossEncoderConfig
+    from connectors.onnx_scorer import default_threads, load_onnx_cross_encoder
+    from connectors.rerankers import load_cross_encoder
+
+    try:
+        s = _settings()
+        folder = _dataset_dir(dataset)
+        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        if limit:
+            qrels = dict(list((q, r) for q, r in qrels.items() if q in queries)[:limit])
+        cfg = _config_for(dataset, None, create=False)
+        ce = next((st for st in cfg.stages if isinstance(st, CrossEncoderConfig)), None)
+        if ce is None:
+            raise CascadeError(f"the config of {dataset} has no cross_encoder stage to take the model from")
+        onnx_dir = onnx or s.trained_dir / f"{Path(ce.model).name}-onnx"
+        casc = Cascade.from_config(cfg.model_copy(update={"stages": [], "features": None}), s)
+        common = dict(max_length=ce.max_length, batch_size=ce.batch_size)
+        scorers = {
+            "torch fp32": load_cross_encoder([ce.model, *ce.fallback], s, dtype="float32", **common),
+            "torch bf16": load_cross_encoder([ce.model, *ce.fallback], s, dtype="bfloat16", **common),
+            "onnx fp32": load_onnx_cross_encoder([str(onnx_dir)], s, onnx_file="model.onnx", **common),
+            "onnx int8": load_onnx_cross_encoder([str(onnx_dir)], s, onnx_file="model.int8.onnx", **common),
+        }
+        with _progress() as prog:
+            task = prog.add_task(f"scoring {dataset} {split} with {len(scorers)} backends", total=len(qrels))
+            bench = compare_backends(casc, queries, qrels, scorers, ce.fields, depth=depth,
+                                     on_progress=lambda d, t: prog.update(task, completed=d))
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    ref = bench.by_name()[bench.reference]
+    t = Table(title=f"{ce.model} on {bench.queries} {dataset} {split} queries, top {depth} fused candidates")
+    for c in ("backend", "pairs/s", "× torch fp32", "ms/query", "nDCG@10", "Δ nDCG@10", "Spearman"):
+        t.add_column(c, justify="left" if c == "backend" else "right")
+    for r in bench.results:
+        t.add_row(r.name, f"{r.pairs_per_s:.1f}", f"{r.pairs_per_s / ref.pairs_per_s:.2f}", f"{r.p50_ms:.0f}",
+                  f"{r.ndcg_10:.4f}", f"{r.ndcg_10 - ref.ndcg_10:+.4f}", f"{r.spearman:.4f}")
+    console.print(t)
+    if report:
+        import onnxruntime
+
+        cmd = "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        notes = [f"Model `{ce.model}`, max_length {ce.max_length}, batch_size {ce.batch_size}; every backend tokenizes "
+                 f"the same way (query first, document cut by tokens, batches sorted by length). ONNX Runtime "
+                 f"{onnxruntime.__version__} with {default_threads(s)} intra-op threads; ONNX graphs from "
+                 f"`cascade models export-onnx` ({onnx_dir.name}).",
+                 "pairs/s is the median over queries of one call's pairs per second (tokenization included); "
+                 "nDCG@10 is on the judged queries of this split."]
+        update_section(report, f"ce-backends-{dataset}", f"Cross-encoder backends side by side on {dataset} {split}",
+                       markdown(bench, cmd, machine(), notes))
+        err.print(f"updated {report}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

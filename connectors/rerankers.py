@@ -1,18 +1,23 @@
 """Pair scorers: one interface for every way of scoring (query, document) pairs.
 
-The cross-encoder stage talks only to :class:`PairScorer`; a local
-sentence-transformers model is the first implementation, and ONNX Runtime or
-remote rerank APIs slot in beside it without touching the stage.
+The cross-encoder stage talks only to :class:`PairScorer`, so where the model
+runs (torch in this process, ONNX Runtime in this process, or a rerank API
+over HTTP) is a config key, not a code path in the stage. ``load_pair_scorer``
+is the one place that maps the key to a scorer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from cascade.settings import Settings
 from connectors.models import load_first, torch_dtype
+from connectors.pair_encoding import PairEncoder, score_pairs
+
+if TYPE_CHECKING:
+    from cascade.stages.cross_encoder import CrossEncoderConfig
 
 
 @runtime_checkable
@@ -20,25 +25,52 @@ class PairScorer(Protocol):
     name: str
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
-        """One relevance score per document, higher is better; blocking (call it from a thread)."""
+        """One relevance score per document, higher is better; blocking (call it from a thread).
+
+        A document that cannot be scored (empty, or refused by the model) gets the lowest
+        score of the call minus 1 instead of failing the call; a broken backend raises.
+        """
         ...
 
 
-class SentenceTransformersCrossEncoder:
-    def __init__(self, name: str, model: Any, batch_size: int):
-        self.name, self.model, self.batch_size = name, model, batch_size
-        self.dtype = str(next(model.model.parameters()).dtype).removeprefix("torch.")
+def model_token_limit(tokenizer: Any, config: Any) -> int:
+    """The longest input the model accepts: position embeddings bound it whatever the tokenizer claims."""
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]  # tokenizers say 1e30 for "none"
+    return min(limits) if limits else 512
 
-    def score(self, query: str, docs: list[str]) -> np.ndarray:
-        if not docs:
-            return np.zeros(0)
-        pairs = [(query, d) for d in docs]
-        # Raw logits: the order is what matters, and logits keep more resolution at the top than a sigmoid.
+
+class SentenceTransformersCrossEncoder:
+    """A cross-encoder loaded by sentence-transformers and run by torch in this process.
+
+    sentence-transformers loads the model (local folder or hub, dtype, label
+    count); scoring goes through the shared :class:`PairEncoder` instead of
+    ``CrossEncoder.predict`` so that documents are cut by tokens after the query
+    (``predict`` cuts the longer of the two) and batches are sorted by token
+    length, exactly as the ONNX backend does.
+    """
+
+    def __init__(self, name: str, model: Any, batch_size: int, max_length: int = 256):
         import torch
 
-        out = self.model.predict(pairs, batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
-                                 convert_to_tensor=True, show_progress_bar=False)
-        return out.float().cpu().numpy().astype(np.float64).reshape(len(docs))
+        self.name, self.model, self.batch_size = name, model, batch_size
+        self.net = model.model  # the transformers *ForSequenceClassification module
+        self.dtype = str(next(self.net.parameters()).dtype).removeprefix("torch.")
+        tok = model.tokenizer
+        self.max_length = min(max_length, model_token_limit(tok, self.net.config))
+        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
+        self.encoder = PairEncoder(tok.backend_tokenizer, self.max_length, int(tok.pad_token_id or 0), names)
+        self._torch = torch
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.net(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits
+        # Raw logits: the order is what matters, and logits keep more resolution at the top than a sigmoid.
+        return logits[:, -1].float().numpy().astype(np.float64)
+
+    def score(self, query: str, docs: list[str]) -> np.ndarray:
+        return score_pairs(self.encoder, query, docs, self.batch_size, self._run)
 
 
 def load_cross_encoder(specs: list[str], settings: Settings, max_length: int, batch_size: int,
@@ -49,4 +81,19 @@ def load_cross_encoder(specs: list[str], settings: Settings, max_length: int, ba
         return CrossEncoder(target, device="cpu", max_length=max_length, model_kwargs={"dtype": torch_dtype(dtype)})
 
     name, model = load_first(specs, settings, loader, "cross-encoder", (max_length, str(torch_dtype(dtype))))
-    return SentenceTransformersCrossEncoder(name, model, batch_size)
+    return SentenceTransformersCrossEncoder(name, model, batch_size, max_length)
+
+
+def load_pair_scorer(cfg: "CrossEncoderConfig", settings: Settings) -> PairScorer:
+    """The scorer a cross-encoder config asks for (``backend``: torch, onnx, tei, cohere or jina)."""
+    if cfg.backend == "torch":
+        return load_cross_encoder([cfg.model, *cfg.fallback], settings, max_length=cfg.max_length,
+                                  batch_size=cfg.batch_size, dtype=cfg.dtype)
+    if cfg.backend == "onnx":
+        from connectors.onnx_scorer import load_onnx_cross_encoder
+
+        return load_onnx_cross_encoder([cfg.model, *cfg.fallback], settings, onnx_file=cfg.onnx_file,
+                                       max_length=cfg.max_length, batch_size=cfg.batch_size)
+    from connectors.rerank_api import RemoteReranker
+
+    return RemoteReranker.from_config(cfg)

@@ -1,0 +1,186 @@
+"""Rerank APIs over HTTP: Hugging Face text-embeddings-inference, Cohere and Jina (and servers that copy their shapes).
+
+A remote reranker is a dependency the cascade cannot fix, so this module's job
+is to fail clearly and quickly: every error names the URL and the status,
+retries are bounded (429, 5xx and refused connections only; a request that
+timed out is not repeated, since it would only wait as long again), and a
+failure raises so the controller skips the stage and flags the response
+instead of returning a half-scored list. Documents are cleaned first (lone
+surrogates cannot even be encoded as JSON), empty ones are not sent, and a
+request never carries more documents than the server accepts (``max_batch``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import urlparse
+
+import numpy as np
+
+from cascade.errors import CascadeError
+from connectors.pair_encoding import CHARS_PER_TOKEN_CAP, clean_text, fallback_scores
+
+if TYPE_CHECKING:
+    from cascade.stages.cross_encoder import CrossEncoderConfig
+
+MAX_PARALLEL_REQUESTS = 4  # chunks of one call in flight at once: enough to hide round trips, few enough to be polite
+
+
+class RerankAPIError(RuntimeError):
+    """A rerank API failed or answered something unusable; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, url: str, status: int | None = None):
+        self.url, self.status = url, status
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class APIShape:
+    path: str  # appended to a URL given without a path
+    body: Callable[[str, list[str], str], dict[str, Any]]
+    results: Callable[[Any], list[tuple[int, float]]]
+
+
+def _tei_results(data: Any) -> list[tuple[int, float]]:
+    return [(r["index"], r["score"]) for r in data]
+
+
+def _cohere_results(data: Any) -> list[tuple[int, float]]:
+    return [(r["index"], r["relevance_score"]) for r in data["results"]]
+
+
+SHAPES: dict[str, APIShape] = {
+    # text-embeddings-inference: raw logits (not sigmoids) keep the resolution at the top; truncate instead of 413.
+    "tei": APIShape("/rerank", lambda q, docs, model: {"query": q, "texts": docs, "raw_scores": True, "truncate": True},
+                    _tei_results),
+    "cohere": APIShape("/v1/rerank", lambda q, docs, model: {"model": model, "query": q, "documents": docs,
+                                                             "top_n": len(docs)}, _cohere_results),
+    "jina": APIShape("/v1/rerank", lambda q, docs, model: {"model": model, "query": q, "documents": docs,
+                                                           "top_n": len(docs), "return_documents": False},
+                     _cohere_results),
+}
+
+
+def endpoint_url(url: str, kind: str) -> str:
+    """``http://host:8080`` gets the API's usual path; a URL with a path of its own is used as it is."""
+    return url.rstrip("/") + SHAPES[kind].path if urlparse(url).path in ("", "/") else url
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: rare from rerank servers, and the backoff is a fine answer
+        return None
+
+
+class RemoteReranker:
+    """Scores pairs with a rerank API; blocking and thread-safe (one pooled ``httpx.Client``)."""
+
+    def __init__(self, kind: str, url: str, model: str, api_key: str | None = None, timeout_s: float = 10.0,
+                 max_batch: int = 32, retries: int = 2, backoff_s: float = 0.2, max_chars: int = 8192):
+        import httpx
+
+        if kind not in SHAPES:
+            raise ValueError(f"unknown rerank API {kind!r}; expected one of {', '.join(SHAPES)}")
+        self.kind, self.model, self.shape = kind, model, SHAPES[kind]
+        self.url = endpoint_url(url, kind)
+        self.timeout_s, self.max_batch, self.retries, self.backoff_s = timeout_s, max_batch, retries, backoff_s
+        self.max_chars = max_chars
+        self.name = f"{kind}:{model}@{self.url}"
+        self.dtype = None
+        headers = {"Accept": "application/json", "User-Agent": "cascade-rank"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._httpx = httpx
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
+
+    @classmethod
+    def from_config(cls, cfg: "CrossEncoderConfig") -> "RemoteReranker":
+        key = None
+        if cfg.api_key_env:
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
+                raise CascadeError(f"cross_encoder {cfg.stage_name}: api_key_env names {cfg.api_key_env}, "
+                                   f"which is not set in the environment")
+        return cls(cfg.backend, cfg.url or "", cfg.model, api_key=key, timeout_s=cfg.timeout_s,
+                   max_batch=cfg.max_batch, retries=cfg.retries, backoff_s=cfg.backoff_s,
+                   max_chars=cfg.max_length * CHARS_PER_TOKEN_CAP)
+
+    def score(self, query: str, docs: list[Any]) -> np.ndarray:
+        if not docs:
+            return np.zeros(0)
+        query = clean_text(query, self.max_chars)
+        texts = [clean_text(d, self.max_chars) for d in docs]
+        ok = np.array([bool(t.strip()) for t in texts], dtype=bool)
+        rows = np.flatnonzero(ok)
+        chunks = [rows[s: s + self.max_batch] for s in range(0, len(rows), self.max_batch)]
+        scores = np.full(len(docs), np.nan)
+        post = lambda idx: self._post(query, [texts[i] for i in idx])  # noqa: E731
+        if len(chunks) <= 1:
+            results = [post(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(min(MAX_PARALLEL_REQUESTS, len(chunks))) as pool:
+                results = list(pool.map(post, chunks))
+        for idx, got in zip(chunks, results):
+            scores[idx] = got
+        return fallback_scores(scores, ok)
+
+    def _post(self, query: str, texts: list[str]) -> np.ndarray:
+        httpx = self._httpx
+        body = self.shape.body(query, texts, self.model)
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            wait = self.backoff_s * (2 ** attempt)
+            try:
+                resp = self.client.post(self.url, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                if attempt + 1 < attempts:
+                    time.sleep(wait)
+                    continue
+                raise RerankAPIError(f"{self.url}: {type(exc).__name__}: {exc} (after {attempts} attempts)",
+                                     self.url) from exc
+            except httpx.TimeoutException as exc:
+                raise RerankAPIError(f"{self.url}: no answer within {self.timeout_s} s ({type(exc).__name__})",
+                                     self.url) from exc
+            except httpx.HTTPError as exc:
+                raise RerankAPIError(f"{self.url}: {type(exc).__name__}: {exc}", self.url) from exc
+            status = resp.status_code
+            if status == 429 or status >= 500:
+                if attempt + 1 < attempts:
+                    after = _retry_after(resp.headers.get("Retry-After"))
+                    time.sleep(min(after, self.timeout_s) if after is not None else wait)
+                    continue
+                raise RerankAPIError(f"{self.url}: HTTP {status} after {attempts} attempts: {_snippet(resp)}",
+                                     self.url, status)
+            if status >= 400:
+                raise RerankAPIError(f"{self.url}: HTTP {status}: {_snippet(resp)}", self.url, status)
+            return self._parse(resp, len(texts))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _parse(self, resp: Any, n: int) -> np.ndarray:
+        try:
+            pairs = self.shape.results(resp.json())
+            out = np.full(n, np.nan)
+            for i, s in pairs:
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+                    raise ValueError(f"index {i!r} out of range for {n} documents")
+                out[i] = float(s)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RerankAPIError(f"{self.url}: unexpected answer ({type(exc).__name__}: {exc}): {_snippet(resp)}",
+                                 self.url, resp.status_code) from exc
+        if np.isnan(out).any():
+            raise RerankAPIError(f"{self.url}: scored {int((~np.isnan(out)).sum())} of the {n} documents sent",
+                                 self.url, resp.status_code)
+        return out
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _snippet(resp: Any, limit: int = 300) -> str:
+    text = resp.text.strip().replace("\n", " ")
+    return (text[:limit] + "…") if len(text) > limit else (text or "(empty body)")
