@@ -630,7 +630,7 @@ def bench_serve(
     split: str = typer.Option("test"),
     index_name: Optional[str] = typer.Option(None, "--index", help="Index (default: the dataset's name)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N queries for the uncached pass."),
-    concurrency: list[int] = typer.Option([4, 16], help="Connections of the cache-hit load (repeatable)."),
+    concurrency: list[int] = typer.Option([1, 4, 16], help="Connections of the cache-hit load (repeatable)."),
     duration: int = typer.Option(10, min=1, max=300, help="Seconds of load per concurrency level."),
     with_cross_encoder: bool = typer.Option(False, help="Keep cross-encoder stages (about 0.8 s per uncached query)."),
     report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
