@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from cascade.errors import ModelNotFound
 from cascade.settings import Settings
 from connectors.models import load_first, torch_dtype
 from connectors.pair_encoding import PairEncoder, score_pairs
@@ -57,6 +58,8 @@ class SentenceTransformersCrossEncoder:
         self.net = model.model  # the transformers *ForSequenceClassification module
         self.dtype = str(next(self.net.parameters()).dtype).removeprefix("torch.")
         tok = model.tokenizer
+        if getattr(tok, "backend_tokenizer", None) is None:
+            raise ModelNotFound(f"{name}: cascade needs the model's fast tokenizer (tokenizer.json); it has none")
         self.max_length = min(max_length, model_token_limit(tok, self.net.config))
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
         self.encoder = PairEncoder(tok.backend_tokenizer, self.max_length, int(tok.pad_token_id or 0), names)

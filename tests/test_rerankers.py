@@ -428,3 +428,26 @@ def test_torch_scores_do_not_depend_on_batching(torch_scorer):
     together = torch_scorer.score("vitamin d fractures", docs)
     alone = np.array([torch_scorer.score("vitamin d fractures", [d])[0] for d in docs])
     np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_a_row_the_model_refuses_costs_only_itself(tokenizer):
+    """A model call that fails on one row (here: any row holding the word "poison") is retried row by row."""
+    from connectors.pair_encoding import score_pairs
+
+    enc = PairEncoder(tokenizer, 64, 0, NAMES)
+    bad = enc.single.encode("poison", add_special_tokens=False).ids[0]
+    calls = []
+
+    def model(inputs):
+        calls.append(len(inputs["input_ids"]))
+        if (inputs["input_ids"] == bad).any():
+            raise RuntimeError("cannot score this row")
+        return inputs["attention_mask"].sum(1).astype(float)  # longer pair, higher score
+
+    docs = ["one two three", "poison here", "one", "one two three four five"]
+    scores = score_pairs(enc, "q", docs, 4, model)
+    assert calls[0] == 4 and sorted(calls[1:]) == [1, 1, 1, 1]  # the batch failed, then each row alone
+    assert scores[0] < scores[3] and scores[2] < scores[0]
+    assert scores[1] == scores[[0, 2, 3]].min() - 1
+    with pytest.raises(RuntimeError, match="cannot score"):  # nothing scorable: the model is broken, raise
+        score_pairs(enc, "q", ["poison", "more poison"], 4, model)
