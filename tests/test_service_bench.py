@@ -53,4 +53,4 @@ def test_a_short_real_run(tmp_path, tiny_index_dir):
     assert load.requests > 0 and load.errors == 0 and load.hits >= load.requests
     assert load.tool in ("wrk", "python (asyncio + httpx)") and r.cache_backend.startswith("Redis")
     text = bench.markdown(r, "cascade bench-serve ...", "a machine")
-    assert "| 2 | 1 |" in text and "Service overhead" in text
+    assert "| 2 | 1 |" in text and "Transport overhead" in text
