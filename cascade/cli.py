@@ -621,27 +621,9 @@ def bench_cmd(
         json_out.write_text(json.dumps({"naive": nv, "cascade": cs, "ratios": ratios,
                                         "variants": {k: v for k, v in summ.items() if k.startswith("cascade@")}}, indent=2))
     if plot_out:
-        import matplotlib
+        from cascade.report import plot_pareto
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        curve = sorted(((v["p95_ms"], v["ndcg@10"], k) for k, v in summ.items() if k.startswith("cascade")))
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], "-o", color="#d62728", label="cascade (CE depth varies)")
-        for x, y, k in curve:
-            ax.annotate(k.replace("cascade@", "CE@") if "@" in k else "default", (x, y), textcoords="offset points", xytext=(5, 5))
-        ax.scatter([nv["p95_ms"]], [nv["ndcg@10"]], color="#7f7f7f", s=70, label="naive: BM25 100 + CE on all")
-        ax.set_xscale("log")
-        ax.set_xlabel("p95 latency per query (ms, log)")
-        ax.set_ylabel("nDCG@10")
-        ax.set_title(f"{dataset} {split}: quality against latency")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        plot_out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(plot_out, dpi=110)
-        plt.close(fig)
+        plot_pareto(summ, f"{dataset} {split}", plot_out)
     if report:
         cmd = "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         lines = [f"Command: `{cmd}`  ", f"Machine: {machine()}  ",

@@ -120,3 +120,32 @@ def update_section(doc: Path, key: str, title: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text, encoding="utf-8")
+
+
+def plot_pareto(summary: dict[str, dict], title: str, path: Path) -> Path:
+    """nDCG@10 against p95 latency: the cascade at several cross-encoder depths, and the naive pipeline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curve = sorted((v["p95_ms"], v["ndcg@10"], k) for k, v in summary.items() if k.startswith("cascade"))
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], "-o", color="#d62728", label="cascade (CE depth varies)")
+    for x, y, k in curve:
+        ax.annotate(k.replace("cascade@", "CE@") if "@" in k else "default", (x, y), textcoords="offset points",
+                    xytext=(5, 5))
+    nv = summary["naive"]
+    ax.scatter([nv["p95_ms"]], [nv["ndcg@10"]], color="#7f7f7f", s=70, zorder=3, label="naive: BM25 100 + CE on all")
+    ax.annotate("naive", (nv["p95_ms"], nv["ndcg@10"]), textcoords="offset points", xytext=(-40, 6))
+    ax.set_xscale("log")
+    ax.set_xlabel("p95 latency per query (ms, log)")
+    ax.set_ylabel("nDCG@10")
+    ax.set_title(f"{title}: quality against latency")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
