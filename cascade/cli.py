@@ -574,6 +574,20 @@ def train_ltr_cmd(
                   f"vs fusion order {m['valid_fusion_ndcg@10']:.4f}")
 
 
+def _judged(dataset: str, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    from cascade.datasets import load_qrels, load_queries
+
+    folder = _dataset_dir(dataset)
+    return load_queries(folder), load_qrels(folder, split)
+
+
+def _report_head() -> list[str]:
+    """The first lines of every benchmark section: the exact command and the machine."""
+    from cascade.report import machine
+
+    return [f"Command: `cascade {' '.join(shlex.quote(a) for a in sys.argv[1:])}`  ", f"Machine: {machine()}  "]
+
+
 @app.command("bench")
 def bench_cmd(
     dataset: str = typer.Option("scifact", help="Dataset with a built index and a cascade that has a cross-encoder."),
@@ -587,12 +601,10 @@ def bench_cmd(
     """The naive pipeline (BM25 top 100, cross-encoder on every pair) beside the cascade, side by side."""
     _setup()
     from cascade.bench import naive_vs_cascade
-    from cascade.datasets import load_qrels, load_queries
-    from cascade.report import machine, update_section
+    from cascade.report import update_section
 
     try:
-        folder = _dataset_dir(dataset)
-        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        queries, qrels = _judged(dataset, split)
         casc = _cascade(dataset, None)
         ds = tuple(int(x) for x in depths.split(",") if x.strip())
         n = min(limit or len(qrels), len(qrels))
@@ -625,8 +637,7 @@ def bench_cmd(
 
         plot_pareto(summ, f"{dataset} {split}", plot_out)
     if report:
-        cmd = "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        lines = [f"Command: `{cmd}`  ", f"Machine: {machine()}  ",
+        lines = [*_report_head(),
                  f"{len(arms['naive'].ms)} {dataset} {split} queries; each query runs every pipeline in one process, "
                  f"alternating which goes first; the same cross-encoder ({casc.stages[-1].describe().get('model')}, "
                  f"{casc.stages[-1].describe().get('dtype')}) in all.", "",
@@ -651,12 +662,10 @@ def bench_combine(
     """nDCG@10 of every way to combine the cross-encoder with the stage before it (depth, normalization, weights)."""
     _setup()
     from cascade.bench import combination_sweep
-    from cascade.datasets import load_qrels, load_queries
-    from cascade.report import machine, update_section
+    from cascade.report import update_section
 
     try:
-        folder = _dataset_dir(dataset)
-        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        queries, qrels = _judged(dataset, split)
         casc = _cascade(dataset, None)
         n = min(limit or len(qrels), len(qrels))
         with _progress() as prog:
@@ -678,8 +687,7 @@ def bench_combine(
         lines.append(f"| {r['depth']} | {r['normalize']} | {label} | {r['ndcg@10']:.4f} |")
     console.print(t)
     if report:
-        cmd = "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        body = "\n".join([f"Command: `{cmd}`  ", f"Machine: {machine()}  ",
+        body = "\n".join([*_report_head(),
                            "Each query's top candidates are scored by the cross-encoder once; every row re-orders the "
                            "same scores. Weight 1 : 0 is the cross-encoder alone. Measured on the evaluation split "
                            "itself (the model saw SciFact train, so train cannot pick weights fairly): read small "
@@ -700,12 +708,10 @@ def bench_ltr(
     _setup()
     from cascade.bench import ltr_latency
     from cascade.controller import Cascade
-    from cascade.datasets import load_qrels, load_queries
-    from cascade.report import machine, update_section
+    from cascade.report import update_section
 
     try:
-        folder = _dataset_dir(dataset)
-        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        queries, qrels = _judged(dataset, split)
         cfg = _config_for(dataset, None, create=False)
         retr = {n: r.model_copy(update={"k": candidates}) for n, r in cfg.retrievers.items()}
         cfg = cfg.model_copy(update={"retrievers": retr, "fusion": cfg.fusion.model_copy(update={"keep": candidates})})
@@ -725,9 +731,8 @@ def bench_ltr(
         t.add_row(name, f"{a:.2f}", f"{b:.2f}")
     console.print(t)
     if report:
-        cmd = "cascade " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         body = "\n".join([
-            f"Command: `{cmd}`  ", f"Machine: {machine()}  ",
+            *_report_head(),
             f"{r.queries} {dataset} {split} queries, {r.candidates_mean:.1f} fused candidates each on average; "
             f"best of 3 runs per query, retrieval not timed, one thread.", "",
             "| part | p50 ms | p95 ms |", "|---|---:|---:|",
@@ -751,14 +756,12 @@ def bench_serve(
 ) -> None:
     """Time the HTTP service: cache hits under load (wrk) and uncached searches beside in-process ones."""
     _setup()
-    from cascade.datasets import load_qrels, load_queries
     from cascade.report import machine, update_section
     from cascade.service import bench
     from connectors.embedded import index_exists
 
     try:
-        folder = _dataset_dir(dataset)
-        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        queries, qrels = _judged(dataset, split)
         cfg = _config_for(index_name or dataset, None, create=False)
         if cfg.backend.type == "embedded" and not index_exists(cfg, _settings()):
             raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
@@ -866,7 +869,6 @@ def bench_backends_cmd(
     _setup()
     from cascade.bench_backends import compare_backends, markdown
     from cascade.controller import Cascade
-    from cascade.datasets import load_qrels, load_queries
     from cascade.report import machine, update_section
     from cascade.stages.cross_encoder import CrossEncoderConfig
     from connectors.onnx_scorer import default_threads, load_onnx_cross_encoder
@@ -874,8 +876,7 @@ def bench_backends_cmd(
 
     try:
         s = _settings()
-        folder = _dataset_dir(dataset)
-        queries, qrels = load_queries(folder), load_qrels(folder, split)
+        queries, qrels = _judged(dataset, split)
         if limit:
             qrels = dict(list((q, r) for q, r in qrels.items() if q in queries)[:limit])
         cfg = _config_for(dataset, None, create=False)
