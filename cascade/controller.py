@@ -41,6 +41,7 @@ class StageTrace:
     scores: list[float] = field(default_factory=list)
     error: str | None = None
     note: str | None = None  # e.g. a stage shrunk or skipped to fit the request's budget
+    budget_cut: str | None = None  # "shrunk" or "skipped" when the budget cut this stage (the note says how)
 
     def as_dict(self, top: int | None = None) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "kind", "n_in", "n_out", "scored", "ms", "elapsed_ms")}
@@ -89,6 +90,16 @@ class SearchResult:
     def degraded(self) -> list[str]:
         """Names of steps that failed; the response was built without them."""
         return [t.name for t in self.traces if t.error]
+
+    @property
+    def budget_skipped(self) -> list[str]:
+        """Stages the latency budget skipped (the previous order was kept)."""
+        return [t.name for t in self.traces if t.budget_cut == "skipped"]
+
+    @property
+    def budget_shrunk(self) -> dict[str, int]:
+        """Stages the latency budget shrunk: name -> candidates the stage scored (fewer than it would have)."""
+        return {t.name: t.scored for t in self.traces if t.budget_cut == "shrunk"}
 
     def hits(self, explain: bool = False) -> list[dict[str, Any]]:
         c, start = self.candidates, self.query.offset
@@ -203,26 +214,26 @@ class Cascade:
         cands, traces = await self.candidates(query, t0)
         for stage in self.stages:
             t = time.perf_counter()
-            error = note = None
+            error = note = cut = None
             window = self._affordable(stage, cands, deadline)
             if window == 0:
-                out, note = cands, "skipped: the remaining budget cannot cover one candidate"
+                out, note, cut = cands, "skipped: the remaining budget cannot cover one candidate", "skipped"
             else:
                 head, tail = (cands, None) if window is None else (cands.head(window), cands.take(np.arange(window, len(cands))))
                 try:
                     out = await stage(query, head, deadline)
                     if tail is not None and len(tail):  # shrunk: the unscored rest follows in its previous order
                         out = out.concat(tail).head(getattr(stage, "keep", None))
-                        note = f"shrunk to {window} candidates to fit the budget"
+                        note, cut = f"shrunk to {window} candidates to fit the budget", "shrunk"
                 except Exception as exc:  # degrade: keep the previous order, flag the stage
                     log.exception("stage %s failed", stage.name)
-                    out, error = cands, f"{type(exc).__name__}: {exc}"
+                    out, error, note, cut = cands, f"{type(exc).__name__}: {exc}", None, None
             now = time.perf_counter()
-            scored = 0 if error or note and note.startswith("skipped") else out.scored.get(stage.name, 0)
+            scored = 0 if error or cut == "skipped" else out.scored.get(stage.name, 0)
             if scored:
                 self._costs.observe(stage.name, (now - t) * 1e3, scored)
             traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
-                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note))
+                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note, cut))
             cands = out
         return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3)
 

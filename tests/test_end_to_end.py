@@ -54,19 +54,113 @@ async def test_hybrid_fusion_beats_the_weaker_retriever_on_med(med):
     assert rep.as_json()["stages"][2]["name"] == "fusion"
 
 
-async def test_cross_encoder_stage_on_real_index(med, models_dir):
-    cfg, settings, _ = med
+SUBSET_CLAIMS, NEIGHBOURS, FILLER = 30, 8, 50
+
+
+@pytest.fixture(scope="module")
+def scifact_subset(tmp_path_factory):
+    """A small real index for SciFact test claims, the one set the shipped cross-encoder never saw in training.
+
+    Embedding all 5,183 abstracts takes minutes here, so the index holds what the
+    first 30 test claims need: their judged abstracts, each claim's 8 nearest
+    other abstracts by BM25 over the whole corpus (the hard candidates a full
+    index would retrieve beside them) and 50 random ones, about 300 abstracts,
+    all read from CASCADE_DATA_DIR.
+    """
+    import os
+    from pathlib import Path
+
+    import tantivy
+
+    from cascade.settings import Settings
+
+    data, models = os.environ.get("CASCADE_DATA_DIR"), os.environ.get("CASCADE_MODELS_DIR")
+    if not data or not os.path.isdir(os.path.join(data, "scifact")):
+        pytest.skip("CASCADE_DATA_DIR with scifact/ is not available")
+    if not models or not os.path.isdir(os.path.join(models, "minilm-l6-ce-v1")):
+        pytest.skip("CASCADE_MODELS_DIR with minilm-l6-ce-v1 is not available")
+    folder = Path(data) / "scifact"
+    queries, all_qrels = load_queries(folder), load_qrels(folder, "test")
+    qrels = {q: all_qrels[q] for q in list(all_qrels)[:SUBSET_CLAIMS]}
+    judged = {d for rels in qrels.values() for d in rels}
+    docs = [r for _, r in iter_corpus(corpus_file(folder))]
+
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("id", stored=True, tokenizer_name="raw")
+    sb.add_text_field("body", tokenizer_name="en_stem")
+    bm25 = tantivy.Index(sb.build())  # in memory, whole corpus: picks the hard candidates only
+    w = bm25.writer()
+    for r in docs:
+        w.add_document(tantivy.Document(id=r["_id"], body=f"{r.get('title', '')} {r.get('text', '')}"))
+    w.commit()
+    bm25.reload()
+    searcher = bm25.searcher()
+    near: set[str] = set()
+    for q in qrels:
+        parsed, _ = bm25.parse_query_lenient(queries[q], ["body"])
+        ids = [searcher.doc(a)["id"][0] for _, a in searcher.search(parsed, NEIGHBOURS + 10).hits]
+        near.update([d for d in ids if d not in judged][:NEIGHBOURS])
+    rest = sorted(r["_id"] for r in docs if r["_id"] not in judged and r["_id"] not in near)
+    filler = set(np.random.default_rng(0).choice(rest, FILLER, replace=False).tolist())
+    keep = judged | near | filler
+    subset = [r for r in docs if r["_id"] in keep]
+
+    settings = Settings(index_dir=tmp_path_factory.mktemp("idx"), data_dir=Path(data), models_dir=Path(models),
+                        config_dir=tmp_path_factory.mktemp("cfg"))
+    cfg = parse_config({
+        "index": "scifact-subset",
+        "embedder": {"model": "default", "max_length": 128},
+        "retrievers": {"bm25": {"k": 100}, "knn": {"k": 100}},
+        "fusion": {"method": "rrf", "k": 60, "keep": 100},
+    }, "scifact-subset.yaml")
+    rep = build_index(cfg, ((i + 1, r) for i, r in enumerate(subset)), settings, source="scifact-subset")
+    assert rep.docs == len(keep) and judged <= keep
+    return cfg, settings, {q: queries[q] for q in qrels}, qrels
+
+
+async def test_cross_encoder_stage_on_real_index(scifact_subset):
+    """The cross-encoder stage, combined with fusion as in configs/scifact.yaml, on SciFact test claims.
+
+    Quality check: inside the stage's window (fusion's top 20, mostly BM25 and
+    kNN neighbours of the claim, so hard candidates), the model's own scores
+    put the judged abstracts above the other candidates: per claim, the share of
+    (judged, other) pairs it orders right (AUC; chance is 0.5). Here: mean 0.90,
+    above chance for 27 of the 29 claims with a judged abstract in the window;
+    0.86 and 37 of 40 on the next 40 claims. Whether the combination raises
+    nDCG@10 over fusion is not asserted: it depends on the claims (+0.007 and
+    -0.061 on those two slices of 40; this model alone does not beat fusion on
+    SciFact, see its TRAINING.md), so no honest threshold separates it from noise.
+    """
+    cfg, settings, queries, qrels = scifact_subset
+    rerank = 20
     ce_cfg = parse_config({**cfg.model_dump(mode="json"), "stages": [
-        {"type": "cross_encoder", "model": "minilm-l6-ce-v1", "rerank": 8, "keep": 20, "max_length": 128}]}, "med.yaml")
+        {"type": "cross_encoder", "model": "minilm-l6-ce-v1", "rerank": rerank, "keep": 50, "max_length": 128,
+         "combine": {"normalize": "zscore", "weights": {"cross_encoder": 1.0, "fusion": 1.0}}}]}, "scifact-subset.yaml")
     cascade = Cascade.from_config(ce_cfg, settings)
-    res = await cascade.search(Query("the crystalline lens in vertebrates, including humans", size=10))
-    ce = res.traces[-1]
-    assert ce.name == "cross_encoder" and ce.kind == "cross_encoder"
-    assert ce.n_in == 100 and ce.n_out == 20 and ce.scored == 8 and not ce.error
-    scores = res.candidates.stage_scores["cross_encoder"]
-    assert np.isfinite(scores[:8]).all() and np.isnan(scores[8:]).all()
-    assert list(scores[:8]) == sorted(scores[:8], reverse=True)
-    assert set(res.candidates.ids[:8]) == set(res.traces[2].ids[:8])  # it re-ordered fusion's top 8
+    aucs = []
+    for qid, text in queries.items():
+        res = await cascade.search(Query(text, size=10))
+        ce, fusion = res.traces[-1], res.traces[2]
+        assert ce.name == "cross_encoder" and ce.kind == "cross_encoder" and not ce.error
+        assert ce.n_in == len(fusion.ids) and ce.scored == rerank and ce.n_out == min(50, ce.n_in)
+        window = res.candidates.head(rerank)
+        assert set(window.ids) == set(fusion.ids[:rerank])  # it re-ordered fusion's top 20, nothing else
+        own = window.stage_scores["cross_encoder"]
+        assert np.isfinite(own).all() and np.isnan(res.candidates.stage_scores["cross_encoder"][rerank:]).all()
+        # The order follows the combination, best first; the model's raw score stays in stage_scores.
+        def z(x):
+            return (x - x.mean()) / x.std()
+
+        assert np.allclose(window.score, z(own) + z(window.stage_scores["fusion"]))
+        assert list(window.score) == sorted(window.score, reverse=True)
+        rel = [i for i, d in enumerate(window.ids) if qrels[qid].get(d, 0) > 0]
+        other = [i for i in range(len(window)) if i not in rel]
+        if rel and other:
+            aucs.append(np.mean([own[r] > own[o] for r in rel for o in other]))
+    assert len(aucs) >= 0.8 * len(queries), f"a judged abstract in the window for only {len(aucs)} claims"
+    above = sum(a > 0.5 for a in aucs)
+    assert np.mean(aucs) >= 0.75 and above >= 0.75 * len(aucs), (
+        f"mean AUC {np.mean(aucs):.3f}, above chance for {above}/{len(aucs)} claims")
 
 
 def test_cross_encoder_prefers_relevant_abstracts_on_scifact_test(data_dir, models_dir, settings):

@@ -323,7 +323,8 @@ def test_openapi_describes_the_api(client):
     assert {"/v1/indexes/{index}/search", "/v1/indexes", "/v1/indexes/{index}/cascade", "/v1/admin/reload",
             "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     req = spec["components"]["schemas"]["SearchRequest"]
-    assert {"query", "filters", "size", "from", "explain", "overrides", "user_id", "session_id"} == set(req["properties"])
+    assert {"query", "filters", "size", "from", "explain", "overrides", "user_id", "session_id",
+            "budget_ms"} == set(req["properties"])
     assert req["required"] == ["query"] and req["additionalProperties"] is False
     search = spec["paths"]["/v1/indexes/{index}/search"]["post"]
     assert {"200", "404", "422", "503"} <= set(search["responses"])

@@ -188,14 +188,14 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
                 body = SearchRequest.model_validate_json(raw)
             except ValidationError as exc:
                 raise errors.validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-            stable, cache = await run_search(state, state.entry(index), body)
+            stable, cache, budget = await run_search(state, state.entry(index), body)
         except ApiError as exc:
             m.child(m.requests, label, str(exc.status), "none").inc()
             return exc.status, json.dumps(exc.body(request_id)).encode(), exc.headers or {}
         took = (time.perf_counter() - t0) * 1e3
         m.child(m.requests, index, "200", cache).inc()
         m.child(m.request_seconds, index, cache).observe(took / 1e3)
-        return 200, finish(stable, cache, request_id, took), {}
+        return 200, finish(stable, cache, request_id, took, budget), {}
 
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, search=answer_search)
 

@@ -107,7 +107,9 @@ def validation_error(exc: RequestValidationError | list[dict[str, Any]]) -> ApiE
         msg = "required"
     elif kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
         raw = next(iter(ctx.values()), None)
-        limit = raw if isinstance(raw, int) else None
+        if isinstance(raw, float) and raw.is_integer():  # a float field's bound (budget_ms: 0.0, 60000.0)
+            raw = int(raw)
+        limit = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
     elif kind in ("string_too_short", "string_too_long"):
         raw = ctx.get("min_length", ctx.get("max_length"))
         limit = raw if isinstance(raw, int) else None

@@ -45,6 +45,8 @@ class Metrics:
                                            "request's computation.", ["index"], registry=r)
         self.degraded = Counter("cascade_degraded_responses", "Responses built without a failed step.",
                                 ["index", "step"], registry=r)
+        self.budget_cuts = Counter("cascade_budget_cuts", "Stages shrunk or skipped to fit a search's latency budget.",
+                                   ["index", "step", "action"], registry=r)
         self.rejected = Counter("cascade_overload_rejections", "Searches turned away because too many were waiting.",
                                 ["index"], registry=r)
         self.index_ready = Gauge("cascade_index_ready", "1 when the index's cascade is serving.", ["index", "version"],
@@ -69,6 +71,8 @@ class Metrics:
                 self.ce_pairs.labels(index, t.name).inc(t.scored)
             if t.error:
                 self.degraded.labels(index, t.name).inc()
+            if t.budget_cut:
+                self.budget_cuts.labels(index, t.name, t.budget_cut).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 MAX_WINDOW = 10_000  # the largest size, from, keep or rerank any config may declare
+MAX_BUDGET_MS = 60_000  # the largest per-request latency budget (CASCADE_SEARCH_TIMEOUT_S cuts a search off anyway)
 
 Scalar = StrictStr | StrictInt | StrictFloat
 
@@ -60,6 +61,12 @@ class SearchRequest(BaseModel):
         default_factory=dict,
         description='Per step ("fusion" or a stage name): lower keep or rerank for this request, at most the configured value.',
     )
+    budget_ms: StrictFloat | None = Field(
+        default=None, gt=0, le=MAX_BUDGET_MS, allow_inf_nan=False,
+        description="Latency budget of this search in milliseconds: a stage whose estimated cost does not fit what "
+                    "is left is shrunk to fewer candidates or skipped (the response's budget field says which). "
+                    "The index's limits.budget_ms, when set, is a ceiling: the tighter of the two applies.",
+    )
 
 
 class RetrieverScore(BaseModel):
@@ -94,6 +101,15 @@ class TraceStep(BaseModel):
     note: str | None = Field(default=None, description="What else happened to the step (e.g. shrunk to fit a budget).")
 
 
+class BudgetReport(BaseModel):
+    ms: float = Field(description="The budget this search ran under: the tighter of budget_ms and limits.budget_ms.")
+    source: Literal["request", "index"] = Field(description="Where it came from: the request's budget_ms or the "
+                                                            "index's limits.budget_ms.")
+    skipped: list[str] = Field(description="Stages skipped to fit the budget (the previous order was kept).")
+    shrunk: dict[str, int] = Field(description="Stages that scored fewer candidates to fit the budget: name -> "
+                                               "candidates scored (the unscored rest follows in the previous order).")
+
+
 class SearchResponse(BaseModel):
     index: str
     config_version: str
@@ -103,6 +119,8 @@ class SearchResponse(BaseModel):
     cache: Literal["hit", "miss"]
     request_id: str
     took_ms: float
+    budget: BudgetReport | None = Field(default=None, description="Present when a latency budget applied (the "
+                                        "request's budget_ms or the index's limits.budget_ms): what it cut.")
     trace: list[TraceStep] | None = Field(default=None, description="explain: every step in order.")
 
 

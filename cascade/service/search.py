@@ -10,6 +10,13 @@ version and fingerprint (config, models, built index), the normalized query
 text, the typed filters in a canonical order, size/from, the overrides and
 whether the trace was asked for. User and session ids are not in the key:
 nothing in a cascade reads them yet.
+
+A latency budget (the request's ``budget_ms``, capped by the index's
+``limits.budget_ms``) is not in the key either: an answer in which the budget
+shrank or skipped a stage is never stored (like a degraded one), so every
+cached answer is the full cascade's, and a budgeted request may be served one
+(a hit is well within any budget). Identical budgeted misses share a
+computation only with requests under the same budget.
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ def _canonical_filters(query: Query) -> list[Any]:
     return out
 
 
-def build_query(entry: "IndexEntry", req: SearchRequest) -> Query:
+def build_query(entry: IndexEntry, req: SearchRequest) -> Query:
     """The validated query, or ApiError(422) naming the field and the index's limit."""
     lim = entry.config.limits
     _check_unicode(req.query, "query")
@@ -120,7 +127,7 @@ def build_query(entry: "IndexEntry", req: SearchRequest) -> Query:
     return q
 
 
-def result_key(entry: "IndexEntry", query: Query, req: SearchRequest) -> str:
+def result_key(entry: IndexEntry, query: Query, req: SearchRequest) -> str:
     parts = [entry.name, entry.version, entry.fingerprint, query.text, _canonical_filters(query), query.size,
              query.offset, canonical(req.overrides), bool(req.explain)]
     blob = json.dumps(parts, separators=(",", ":"), ensure_ascii=False, default=repr)
@@ -147,10 +154,33 @@ def dumps(payload: dict[str, Any]) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def finish(stable: bytes, cache: str, request_id: str, took_ms: float) -> bytes:
+def finish(stable: bytes, cache: str, request_id: str, took_ms: float, budget: dict[str, Any] | None = None) -> bytes:
     """The stored body plus this request's fields (the stored part is a JSON object without them)."""
-    tail = f',"cache":"{cache}","request_id":{json.dumps(request_id)},"took_ms":{round(took_ms, 3)}}}'
+    extra = f',"budget":{dumps(budget).decode()}' if budget is not None else ""
+    tail = f'{extra},"cache":"{cache}","request_id":{json.dumps(request_id)},"took_ms":{round(took_ms, 3)}}}'
     return stable[:-1] + tail.encode()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The latency budget one search runs under, and where it came from."""
+
+    ms: float
+    source: str  # "request" or "index"
+
+    def report(self, result: SearchResult | None = None) -> dict[str, Any]:
+        skipped, shrunk = (result.budget_skipped, result.budget_shrunk) if result is not None else ([], {})
+        return {"ms": self.ms, "source": self.source, "skipped": skipped, "shrunk": shrunk}
+
+
+def effective_budget(entry: IndexEntry, req: SearchRequest) -> Budget | None:
+    """The tighter of the request's budget_ms and the index's limits.budget_ms (a ceiling a request cannot raise)."""
+    mine, ceiling = req.budget_ms, entry.config.limits.budget_ms
+    if mine is None:
+        return None if ceiling is None else Budget(float(ceiling), "index")
+    if ceiling is not None and ceiling < mine:
+        return Budget(float(ceiling), "index")
+    return Budget(float(mine), "request")
 
 
 @dataclass
@@ -159,15 +189,22 @@ class Computed:
     degraded: list[str]
     result: SearchResult | None = None
 
+    @property
+    def budget_cut(self) -> bool:
+        """The budget shrank or skipped a stage: the answer is not the full cascade's."""
+        r = self.result
+        return r is not None and bool(r.budget_skipped or r.budget_shrunk)
 
-async def compute(state: "ServiceState", entry: "IndexEntry", view: Cascade, query: Query, explain: bool) -> Computed:
+
+async def compute(state: ServiceState, entry: IndexEntry, view: Cascade, query: Query, explain: bool,
+                  budget: Budget | None = None) -> Computed:
     """Run the cascade (within the admission limit) and encode the stable part of the response."""
     m = state.metrics
     try:
         async with state.admission.slot():
             m.in_flight.inc()
             try:
-                res = await view.search(query, validated=True)
+                res = await view.search(query, validated=True, budget_ms=budget.ms if budget else None)
             finally:
                 m.in_flight.dec()
     except Overloaded as exc:
@@ -191,9 +228,11 @@ async def compute(state: "ServiceState", entry: "IndexEntry", view: Cascade, que
     return Computed(dumps(payload), res.degraded, res)
 
 
-async def run_search(state: "ServiceState", entry: "IndexEntry", req: SearchRequest) -> tuple[bytes, str]:
-    """``(stable body, "hit" | "miss")`` for one request."""
+async def run_search(state: ServiceState, entry: IndexEntry,
+                     req: SearchRequest) -> tuple[bytes, str, dict[str, Any] | None]:
+    """``(stable body, "hit" | "miss", budget report or None)`` for one request."""
     query = build_query(entry, req)
+    budget = effective_budget(entry, req)
     assert entry.cascade is not None
     view = apply_overrides(entry.cascade, req.overrides)
     m = state.metrics
@@ -203,16 +242,19 @@ async def run_search(state: "ServiceState", entry: "IndexEntry", req: SearchRequ
         cached = await state.cache.get(key)
         if cached is not None:
             m.child(m.cache_lookups, entry.name, "hit").inc()
-            return cached, "hit"
+            return cached, "hit", budget.report() if budget else None
         m.child(m.cache_lookups, entry.name, "miss").inc()
 
     async def flight() -> Computed:
-        out = await compute(state, entry, view, query, req.explain)
-        if key is not None and not out.degraded:  # a degraded answer is not worth repeating for ttl_s
+        out = await compute(state, entry, view, query, req.explain, budget)
+        # A degraded or budget-cut answer is not worth repeating for ttl_s (nor to a caller without the budget).
+        if key is not None and not out.degraded and not out.budget_cut:
             await state.cache.set(key, out.body, cfg.ttl_s)
         return out
 
     flight_key = key or f"nocache:{id(req)}:{time.monotonic_ns()}"
+    if budget is not None:  # share a computation only with requests under the same budget
+        flight_key += f":budget={budget.ms!r}"
     try:
         out, shared = await state.singleflight.do(flight_key, flight, state.settings.search_timeout_s)
     except asyncio.TimeoutError:
@@ -220,4 +262,4 @@ async def run_search(state: "ServiceState", entry: "IndexEntry", req: SearchRequ
                                   f"(CASCADE_SEARCH_TIMEOUT_S); the search goes on and fills the cache", "timeout") from None
     if shared:
         m.singleflight_shared.labels(entry.name).inc()
-    return out.body, "miss"
+    return out.body, "miss", budget.report(out.result) if budget else None
