@@ -54,6 +54,7 @@ bench: venv redis wrk
 	$(BIN)/cascade features log --dataset cranfield --split test --out .cascade/logs/cranfield-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/cranfield-test.parquet --cv 5 --dataset cranfield --split test --report docs/benchmarks.md
 	$(BIN)/cascade models export-onnx minilm-l6-ce-v1 --out .cascade/models/minilm-l6-ce-v1-onnx && $(BIN)/cascade bench-backends --dataset scifact --split test --report docs/benchmarks.md
+	$(BIN)/cascade bench-microbatch --dataset scifact --split test --limit 72 --clients 4,8 --torch-threads 2,1 --report docs/benchmarks.md
 	$(BIN)/cascade index --dataset npl
 	$(BIN)/cascade features log --dataset npl --split test --out .cascade/logs/npl-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/npl-test.parquet --cv 5 --dataset npl --split test --report docs/benchmarks.md

@@ -922,5 +922,100 @@ def bench_backends_cmd(
         err.print(f"updated {report}")
 
 
+@app.command("bench-microbatch")
+def bench_microbatch_cmd(
+    dataset: str = typer.Option("scifact", help="Dataset with a built index and a cross_encoder stage in its config."),
+    split: str = typer.Option("test", help="Queries of this qrels split."),
+    limit: Optional[int] = typer.Option(96, min=1, help="Only the first N judged queries."),
+    depth: int = typer.Option(20, min=1, help="Fused candidates scored per query."),
+    clients: str = typer.Option("8", help="Concurrent clients; a comma list runs each in turn (e.g. 4,8)."),
+    max_wait_ms: float = typer.Option(2.0, min=0, help="Micro-batcher: longest wait for company."),
+    max_pairs: int = typer.Option(256, min=1, help="Micro-batcher: most pairs per model pass."),
+    backend: str = typer.Option("torch", help="torch (the config's model and dtype) or onnx (an export's int8 graph)."),
+    torch_threads: str = typer.Option("", help="torch: intra-op thread counts to run in turn, e.g. 2,1 "
+                                      "(default: as configured, CASCADE_TORCH_THREADS or torch's own)."),
+    onnx: Optional[Path] = typer.Option(None, help="onnx: folder from `cascade models export-onnx` "
+                                        "(default: CASCADE_TRAINED_DIR/MODEL-onnx)."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """Concurrent clients through per-request threads vs the micro-batcher: pairs/s, queries/s, p50/p95."""
+    _setup()
+    from cascade import bench_microbatch as bm
+    from cascade.controller import Cascade
+    from cascade.report import update_section
+    from cascade.stages.cross_encoder import CrossEncoderConfig
+    from connectors.rerankers import load_pair_scorer
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+        threads = [int(c) for c in torch_threads.split(",") if c.strip()]
+        if not counts or min(counts) < 1 or min(threads, default=1) < 1:
+            raise ValueError(f"--clients {clients!r} / --torch-threads {torch_threads!r}: positive integers, e.g. 4,8")
+        if threads and backend != "torch":
+            raise ValueError("--torch-threads is for --backend torch (ONNX Runtime: CASCADE_TORCH_THREADS)")
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"--backend {backend!r}: torch or onnx (micro-batching is for local backends)")
+        s = _settings()
+        queries, qrels = _judged(dataset, split)
+        texts = [queries[q] for q in qrels if q in queries][:limit]
+        cfg = _config_for(dataset, None, create=False)
+        ce = next((st for st in cfg.stages if isinstance(st, CrossEncoderConfig)), None)
+        if ce is None:
+            raise CascadeError(f"the config of {dataset} has no cross_encoder stage to take the model from")
+        if backend == "onnx":
+            onnx_dir = onnx or s.trained_dir / f"{Path(ce.model).name}-onnx"
+            ce = ce.model_copy(update={"backend": "onnx", "model": str(onnx_dir), "fallback": [], "dtype": "auto",
+                                       "onnx_file": "model.int8.onnx"})
+        scorer = load_pair_scorer(ce, s)
+        casc = Cascade.from_config(cfg.model_copy(update={"stages": [], "features": None}), s)
+        requests = bm.collect_requests(casc, texts, ce.fields, depth)
+        load_before = bm.load_average()
+        benches = []
+        if threads:
+            import torch
+
+            configured = torch.get_num_threads()
+        with _progress() as prog:
+            for t in threads or [None]:
+                if t is not None:
+                    torch.set_num_threads(t)
+                for n in counts:
+                    task = prog.add_task(f"{n} clients{f', {t} threads' if t else ''}, {len(requests)} queries, "
+                                         "both modes", total=None)
+                    benches.append(bm.compare_microbatch(
+                        scorer, requests, clients=n, max_wait_ms=max_wait_ms, max_pairs=max_pairs,
+                        on_progress=lambda d, tot, _k=task: prog.update(_k, completed=d, total=tot)))
+        if threads:
+            torch.set_num_threads(configured)  # the report's machine line shows the configured count
+        load_after = bm.load_average()
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    t = Table(title=f"{scorer.name} ({getattr(scorer, 'dtype', '?')}) on {len(requests)} {dataset} {split} queries, "
+                    f"top {depth} fused candidates")
+    for c in ("threads", "clients", "mode", "pairs/s", "queries/s", "p50 ms", "p95 ms", "CPU ms/pair", "× per request",
+              "requests/pass"):
+        t.add_column(c, justify="left" if c == "mode" else "right")
+    for b in benches:
+        for name, r in b.modes.items():
+            on = name == bm.BATCHED
+            t.add_row(str(b.threads or "-"), str(b.clients), name, f"{r.pairs_per_s:.1f}", f"{r.queries_per_s:.2f}",
+                      f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.cpu_ms_per_pair:.0f}", f"{b.ratio if on else 1.0:.2f}",
+                      f"{b.requests_per_pass if on else 1.0:.1f}")
+    console.print(t)
+    err.print(f"{load_before} before, {load_after} after")
+    if report:
+        notes = [(f"Model `{scorer.name}` ({backend}, {getattr(scorer, 'dtype', '?')}), max_length {ce.max_length}, "
+                  f"batch_size {ce.batch_size}. Per request: each query's pairs scored by `asyncio.to_thread("
+                  f"scorer.score)` (the stage without `micro_batch`; the default executor runs up to "
+                  f"{min(32, (os.cpu_count() or 1) + 4)} at once). Micro-batched: the same scorer behind "
+                  f"`connectors.microbatch.MicroBatcher` (one model thread, pairs length-sorted across requests)."),
+                 f"Machine load: {load_before} before the run, {load_after} after (other jobs share this machine)."]
+        update_section(report, f"microbatch-{dataset}-{backend}",
+                       f"Micro-batching concurrent cross-encoder requests ({backend}) on {dataset} {split}",
+                       bm.markdown(benches, _report_head(), notes))
+        err.print(f"updated {report}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -18,7 +18,7 @@ import numpy as np
 
 from cascade.errors import ModelNotFound
 from cascade.settings import Settings
-from connectors.pair_encoding import PairEncoder, score_pairs
+from connectors.pair_encoding import PairEncoder, score_pairs, score_requests
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class OnnxCrossEncoder:
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         return score_pairs(self.encoder, query, docs, self.batch_size, self._run)
+
+    def score_many(self, requests: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+        """Several requests in one pass, pairs length-sorted across them (what the micro-batcher calls)."""
+        return score_requests(self.encoder, requests, self.batch_size, self._run)
 
 
 def find_export(spec: str, settings: Settings) -> Path | None:

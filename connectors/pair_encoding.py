@@ -144,12 +144,32 @@ def score_pairs(encoder: PairEncoder, query: str, docs: list[Any], batch_size: i
     A batch that fails is retried row by row, so one bad row costs only itself; if no row at all can
     be scored the model itself is broken and the error is raised (the controller then skips the stage).
     """
-    if not docs:
-        return np.zeros(0)
-    encodings, ok = encoder.encode(query, docs)
-    scores = np.full(len(docs), np.nan)
+    return score_requests(encoder, [(query, docs)], batch_size, run)[0]
+
+
+def score_requests(encoder: PairEncoder, requests: list[tuple[str, list[Any]]], batch_size: int,
+                   run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> list[np.ndarray]:
+    """Score several (query, documents) requests together: one scores array per request, in order.
+
+    The pairs of all requests are sorted by token length *across* requests before batching, so a
+    batch mixes requests and pads little (the micro-batcher's use). Fault isolation is per row as in
+    :func:`score_pairs`: a batch that fails is retried row by row, and a row that still fails, like an
+    empty document, gets its own request's fallback score (that request's lowest score minus 1). Only
+    when no row of any request could be scored is the model broken: the first error is raised, for all.
+    """
+    encodings: list[Any] = []
+    oks: list[np.ndarray] = []
+    for query, docs in requests:
+        if docs:
+            e, ok = encoder.encode(query, list(docs))
+        else:
+            e, ok = [], np.zeros(0, dtype=bool)
+        encodings.extend(e)
+        oks.append(ok)
+    ok_all = np.concatenate(oks) if oks else np.zeros(0, dtype=bool)
+    scores = np.full(len(encodings), np.nan)
     errors: list[Exception] = []
-    for b in encoder.batches(encodings, ok, batch_size):
+    for b in encoder.batches(encodings, ok_all, batch_size):
         try:
             scores[b.index] = run(b.inputs)
             continue
@@ -163,10 +183,16 @@ def score_pairs(encoder: PairEncoder, query: str, docs: list[Any], batch_size: i
                 scores[i] = run(one)[0]
             except Exception as exc:
                 errors.append(exc)
-    good = ok & np.isfinite(scores)
-    if errors and not good.any():
+    good_all = ok_all & np.isfinite(scores)
+    if errors and not good_all.any():
         raise errors[0]
-    if (~good & ok).any():
-        log.warning("cross-encoder: %d of %d documents could not be scored; they get the fallback score",
-                    int((~good & ok).sum()), len(docs))
-    return fallback_scores(scores, good)
+    out, start = [], 0
+    for ok in oks:
+        stop = start + len(ok)
+        good = good_all[start:stop]
+        if (~good & ok).any():
+            log.warning("cross-encoder: %d of %d documents could not be scored; they get the fallback score",
+                        int((~good & ok).sum()), len(ok))
+        out.append(fallback_scores(scores[start:stop], good) if len(ok) else np.zeros(0))
+        start = stop
+    return out

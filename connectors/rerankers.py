@@ -15,7 +15,7 @@ import numpy as np
 from cascade.errors import ModelNotFound
 from cascade.settings import Settings
 from connectors.models import load_first, torch_dtype
-from connectors.pair_encoding import PairEncoder, score_pairs
+from connectors.pair_encoding import PairEncoder, score_pairs, score_requests
 
 if TYPE_CHECKING:
     from cascade.stages.cross_encoder import CrossEncoderConfig
@@ -74,6 +74,10 @@ class SentenceTransformersCrossEncoder:
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         return score_pairs(self.encoder, query, docs, self.batch_size, self._run)
+
+    def score_many(self, requests: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+        """Several requests in one pass, pairs length-sorted across them (what the micro-batcher calls)."""
+        return score_requests(self.encoder, requests, self.batch_size, self._run)
 
 
 def load_cross_encoder(specs: list[str], settings: Settings, max_length: int, batch_size: int,
