@@ -574,6 +574,142 @@ def train_ltr_cmd(
                   f"vs fusion order {m['valid_fusion_ndcg@10']:.4f}")
 
 
+def _recipe_path(spec: str) -> Path:
+    """A recipe file, or the name of one shipped in features/recipes."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    builtin = Path(__file__).resolve().parent.parent / "features" / "recipes" / f"{spec}.yaml"
+    if builtin.is_file():
+        return builtin
+    shipped = sorted(x.stem for x in builtin.parent.glob("*.yaml"))
+    raise CascadeError(f"--recipe {spec!r}: no such file, and not a built-in recipe ({', '.join(shipped)})")
+
+
+@train_app.command("cross-encoder")
+def train_cross_encoder_cmd(
+    recipe: Optional[str] = typer.Option(None, help="Recipe YAML, or a built-in recipe name (minilm-l6-ce-v1)."),
+    dataset: Optional[str] = typer.Option(None, help="Without --recipe: train on this dataset's judgments."),
+    split: str = typer.Option("train", help="With --dataset: qrels split."),
+    index_name: Optional[str] = typer.Option(None, "--index", help="With --dataset: index that mines negatives."),
+    base: Optional[str] = typer.Option(None, help="Checkpoint to start from (default: the recipe's, else all-MiniLM-L6-v2)."),
+    miner: Optional[str] = typer.Option(None, help="Retriever of the index that mines hard negatives, or `fusion`."),
+    out: str = typer.Option("cross-encoder", help="Model folder, or a name under CASCADE_TRAINED_DIR."),
+    epochs: Optional[int] = typer.Option(None, min=1),
+    learning_rate: Optional[float] = typer.Option(None, min=0.0),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after N steps (a smoke run)."),
+    seed: Optional[int] = typer.Option(None),
+    precision: Optional[str] = typer.Option(None, help="auto, float32 or bfloat16 (mixed precision)."),
+    eval_on: Optional[str] = typer.Option(None, "--eval", help="DATASET:SPLIT to evaluate on afterwards (never a training set)."),
+    compare: Optional[str] = typer.Option(None, help="With --eval: a model to compare with, on the same pairs."),
+    eval_depth: int = typer.Option(30, min=1, help="With --eval: fused candidates each model reorders."),
+    eval_limit: Optional[int] = typer.Option(None, min=1, help="With --eval: only the first N judged queries."),
+    report: Optional[Path] = typer.Option(None, help="With --eval: update this Markdown file's section."),
+) -> None:
+    """Fine-tune a cross-encoder (listwise loss, hard negatives mined by the index's first stage)."""
+    _setup()
+    from features.ce_training import load_recipe, mine_groups, recipe_from_dict, train_cross_encoder
+
+    overrides = {"base": base, "miner": miner, "epochs": epochs, "learning_rate": learning_rate,
+                 "max_steps": max_steps, "seed": seed, "precision": precision}
+    try:
+        if (recipe is None) == (dataset is None):
+            raise CascadeError("give either --recipe (a file or built-in name) or --dataset")
+        if recipe is not None:
+            rec = load_recipe(_recipe_path(recipe), overrides)
+        else:
+            rec = recipe_from_dict({**{k: v for k, v in overrides.items() if v is not None},
+                                    "data": [{"dataset": dataset, "split": split, "index": index_name}]}, "--dataset")
+        if eval_on:
+            ev_dataset, _, ev_split = eval_on.partition(":")
+            ev_split = ev_split or "test"
+            seen = {(d.dataset, d.split) for d in rec.data if not d.titles}
+            if (ev_dataset, ev_split) in seen:
+                raise CascadeError(f"--eval {eval_on}: the model trains on it; evaluate on a held-out split")
+        s = _settings()
+        target = _resolve_out(out)
+        groups, stats = [], []
+        with _progress() as prog:
+            for spec in rec.data:
+                task = prog.add_task(f"mining {spec.label} ({rec.miner} top {rec.mine_depth})", total=None)
+                g, st = mine_groups(spec, rec, s, on_progress=lambda d, t, task=task: prog.update(task, completed=d, total=t))
+                groups += g
+                stats.append(st)
+        t = Table(title=f"training groups: 1 relevant + {rec.hard_negatives} hard + {rec.random_negatives} random")
+        for c in ("source", "available", "groups", "hard negatives", "random negatives"):
+            t.add_column(c, justify="right")
+        for st in stats:
+            t.add_row(st.source, str(st.candidates), str(st.groups), str(st.hard), str(st.random))
+        t.add_row("total", "", str(len(groups)), str(sum(x.hard for x in stats)), str(sum(x.random for x in stats)))
+        console.print(t)
+        with _progress() as prog:
+            task = prog.add_task("training", total=None)
+            res = train_cross_encoder(rec, groups, target, s, stats=stats, on_step=lambda k, n, loss: prog.update(
+                task, completed=k, total=n, description=f"training (loss {loss:.3f})"))
+        err.print(f"trained {res.steps} steps on {res.groups} groups in {res.seconds / 60:.1f} min; loss "
+                  f"{res.first_loss:.3f} -> {res.last_loss:.3f}; wrote {res.folder}")
+        if eval_on:
+            _eval_cross_encoders(ev_dataset, ev_split, {res.folder.name: str(res.folder)} | (
+                {compare: compare} if compare else {}), eval_depth, eval_limit, report)
+    except CascadeError as exc:
+        _fail(exc)
+
+
+def _eval_cross_encoders(dataset: str, split: str, models: dict[str, str], depth: int, limit: Optional[int],
+                         report: Optional[Path]) -> None:
+    """Each model reorders the same fused top ``depth`` of the dataset's index, alone (no combination)."""
+    from cascade.bench_backends import compare_backends
+    from connectors.rerankers import load_cross_encoder
+
+    queries, qrels = _judged(dataset, split)
+    if limit:
+        qrels = dict(list(qrels.items())[:limit])
+    casc = _cascade(dataset, None, stages=False)
+    casc = type(casc).from_config(casc.config.model_copy(update={"features": None}), _settings())
+    scorers = {n: load_cross_encoder([m], _settings(), max_length=256, batch_size=32) for n, m in models.items()}
+    with _progress() as prog:
+        task = prog.add_task(f"evaluating on {dataset} {split}", total=len(qrels))
+        bench = compare_backends(casc, queries, qrels, scorers, ["title", "text"], depth=depth,
+                                 on_progress=lambda d, t: prog.update(task, completed=d, total=t))
+    t = Table(title=f"{dataset} {split}: fused top {depth} reordered by each cross-encoder alone")
+    for c in ("model", "nDCG@10", "vs fusion", "pairs/s"):
+        t.add_column(c, justify="right")
+    t.add_row("fusion (no cross-encoder)", f"{bench.fusion_ndcg_10:.4f}", "", "")
+    for r in bench.results:
+        t.add_row(r.name, f"{r.ndcg_10:.4f}", f"{r.ndcg_10 - bench.fusion_ndcg_10:+.4f}", f"{r.pairs_per_s:.0f}")
+    console.print(t)
+    if report:
+        from cascade.report import update_section
+
+        lines = _report_head() + [
+            f"{bench.queries} judged queries; each model reorders the same fused top {depth} (score alone, no "
+            f"combination), torch, `dtype: auto`, max_length 256.", "",
+            "| model | nDCG@10 | vs fusion | Spearman vs first |", "|---|---:|---:|---:|",
+            f"| fusion (no cross-encoder) | {bench.fusion_ndcg_10:.4f} | | |"]
+        lines += [f"| {r.name} | {r.ndcg_10:.4f} | {r.ndcg_10 - bench.fusion_ndcg_10:+.4f} | {r.spearman:.3f} |"
+                  for r in bench.results]
+        update_section(report, f"ce-finetune-{dataset}", f"Fine-tuned cross-encoder on {dataset} {split}",
+                       "\n".join(lines + [""]))
+        err.print(f"updated {report}")
+
+
+@train_app.command("eval-cross-encoder")
+def eval_cross_encoder_cmd(
+    models: list[str] = typer.Argument(..., help="Cross-encoders to compare (paths or names)."),
+    dataset: str = typer.Option("scifact"),
+    split: str = typer.Option("test"),
+    depth: int = typer.Option(30, min=1, help="Fused candidates each model reorders."),
+    limit: Optional[int] = typer.Option(None, min=1),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """Compare cross-encoders on the same fused candidates of a dataset (each score alone)."""
+    _setup()
+    try:
+        _eval_cross_encoders(dataset, split, {m: m for m in models}, depth, limit, report)
+    except CascadeError as exc:
+        _fail(exc)
+
+
 def _judged(dataset: str, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     from cascade.datasets import load_qrels, load_queries
 

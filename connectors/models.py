@@ -38,10 +38,12 @@ def resolve_model(spec: str, settings: Settings) -> tuple[str, bool]:
     p = Path(spec).expanduser()
     if p.exists():
         return str(p.resolve()), True
-    if settings.models_dir is not None:
-        q = Path(settings.models_dir).expanduser() / spec
-        if q.exists():
-            return str(q.resolve()), True
+    # Models the team ships, then models trained here (`cascade train cross-encoder --out NAME`).
+    for folder in (settings.models_dir, settings.trained_dir):
+        if folder is not None:
+            q = Path(folder).expanduser() / spec
+            if q.exists():
+                return str(q.resolve()), True
     return spec, False
 
 
