@@ -49,7 +49,7 @@ bench: venv redis wrk
 	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
 	$(BIN)/cascade bench-combine --dataset scifact --split test --report docs/benchmarks.md
-	$(BIN)/cascade bench --dataset scifact --split test --limit 100 --depths 10,30,50 --json docs/naive-vs-cascade.json --plot docs/img/naive-vs-cascade.png --report docs/benchmarks.md
+	$(BIN)/cascade bench --dataset scifact --split test --limit 100 --depths 20,30,50 --json docs/naive-vs-cascade.json --plot docs/img/naive-vs-cascade.png --report docs/benchmarks.md
 	$(BIN)/cascade index --dataset cranfield
 	$(BIN)/cascade features log --dataset cranfield --split test --out .cascade/logs/cranfield-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/cranfield-test.parquet --cv 5 --dataset cranfield --split test --report docs/benchmarks.md

@@ -104,6 +104,7 @@ def naive_vs_cascade(cascade: Cascade, queries: dict[str, str], qrels: dict[str,
     if bm25 is None:
         raise ValueError("the cascade has no bm25 retriever for the naive pipeline")
     qids = [q for q in qrels if q in queries][:limit]
+    depths = tuple(d for d in dict.fromkeys(depths) if d != ce.rerank)  # the default arm already runs its own depth
     arms = {k: Arm(k, {}, [], []) for k in ("naive", "cascade", *(f"cascade@{d}" for d in depths))}
 
     async def naive(q: Query) -> tuple[list[str], int]:

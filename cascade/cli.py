@@ -729,7 +729,7 @@ def bench_cmd(
     dataset: str = typer.Option("scifact", help="Dataset with a built index and a cascade that has a cross-encoder."),
     split: str = typer.Option("test"),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
-    depths: str = typer.Option("10,30,50", help="Extra cross-encoder depths for the quality/latency curve."),
+    depths: str = typer.Option("10,20,30,50", help="Extra cross-encoder depths for the quality/latency curve."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write {naive, cascade, ratios} as JSON."),
     report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="PNG of nDCG@10 against p95 latency."),

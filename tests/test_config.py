@@ -20,7 +20,7 @@ def test_builtin_scifact_config_is_valid():
     assert cfg.fusion.method == "rrf" and cfg.fusion.keep == 200
     ltr, ce = cfg.stages
     assert ltr.type == "ltr" and ltr.model == "scifact-ltr" and ltr.keep == 100 and cfg.features is not None
-    assert ce.type == "cross_encoder" and ce.stage_name == "cross_encoder" and ce.rerank == 20
+    assert ce.type == "cross_encoder" and ce.stage_name == "cross_encoder" and ce.rerank == 10
     assert ce.fallback == ["cross-encoder/ms-marco-MiniLM-L-6-v2"]
 
 
