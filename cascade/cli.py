@@ -664,8 +664,10 @@ def _eval_cross_encoders(dataset: str, split: str, models: dict[str, str], depth
     queries, qrels = _judged(dataset, split)
     if limit:
         qrels = dict(list(qrels.items())[:limit])
-    casc = _cascade(dataset, None, stages=False)
-    casc = type(casc).from_config(casc.config.model_copy(update={"features": None}), _settings())
+    from cascade.controller import Cascade
+
+    cfg = _config_for(dataset, None, create=False)  # the first stage only: models reorder its candidates
+    casc = Cascade.from_config(cfg.model_copy(update={"stages": [], "features": None}), _settings())
     scorers = {n: load_cross_encoder([m], _settings(), max_length=256, batch_size=32) for n, m in models.items()}
     with _progress() as prog:
         task = prog.add_task(f"evaluating on {dataset} {split}", total=len(qrels))

@@ -181,3 +181,24 @@ def test_cli_argument_errors(monkeypatch, tmp_path):
         assert r.exit_code != 0 and "trains on it" in r.output
     finally:
         get_settings.cache_clear()
+
+
+def test_eval_command_compares_models_on_the_same_candidates_and_reports(med, models_dir, monkeypatch, tmp_path):
+    from cascade.cli import app
+
+    settings, *_ = med
+    for var, val in (("CASCADE_INDEX_DIR", settings.index_dir), ("CASCADE_CONFIG_DIR", settings.config_dir),
+                     ("CASCADE_DATA_DIR", settings.data_dir), ("CASCADE_MODELS_DIR", models_dir)):
+        monkeypatch.setenv(var, str(val))
+    get_settings.cache_clear()
+    report = tmp_path / "bench.md"
+    try:
+        # Mechanics only: the shipped model saw MED in training, so these numbers are not a quality claim.
+        r = CliRunner().invoke(app, ["train", "eval-cross-encoder", "minilm-l6-ce-v1", "--dataset", "med",
+                                     "--split", "test", "--limit", "3", "--depth", "5", "--report", str(report)])
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 0, r.output
+    text = report.read_text()
+    assert "ce-finetune-med" in text and "| fusion (no cross-encoder) |" in text and "| minilm-l6-ce-v1 |" in text
+    assert "3 judged queries" in text and "fused top 5" in text
