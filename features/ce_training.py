@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,9 +188,9 @@ def mine_groups(spec: DataSpec, recipe: Recipe, settings: Any,
     # (query text, positive id, ids never to use as negatives, text fields of the positive)
     items: list[tuple[str, str, set[str], list[str]]] = []
     if spec.titles:
+        text_fields = [f for f in recipe.fields if f != "title"]
         for doc_id in all_ids:
             title = str(corpus[doc_id].get("title") or "")
-            text_fields = [f for f in recipe.fields if f != "title"]
             if len(title.split()) >= spec.min_title_words and _doc_text(corpus[doc_id], text_fields).strip():
                 items.append((title, doc_id, {doc_id}, text_fields))
         wanted = spec.titles
@@ -338,8 +339,6 @@ def train_cross_encoder(recipe: Recipe, groups: list[Group], out: Path, settings
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     model.save(str(tmp), safe_serialization=True)
     window = max(1, min(50, len(losses) // 10 or 1))
@@ -364,8 +363,6 @@ def train_cross_encoder(recipe: Recipe, groups: list[Group], out: Path, settings
     }
     (tmp / TRAINING_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     tmp.rename(out)
     return TrainResult(out, step, seconds, meta["loss_first"], meta["loss_last"], len(groups))
