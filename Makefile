@@ -12,21 +12,38 @@ endif
 ifneq ($(wildcard ../shared/models),)
 export CASCADE_MODELS_DIR ?= $(abspath ../shared/models)
 endif
-export CASCADE_INDEX_DIR ?= $(abspath .cascade/indexes)
-export CASCADE_CACHE_DIR ?= $(abspath .cascade/cache)
-export CASCADE_TRAINED_DIR ?= $(abspath .cascade/models)
+# Indexes, caches and trained models default to .cascade/{indexes,cache,models} in the working directory
+# (cascade/settings.py), so nothing else needs exporting for them.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench train-ce venv clean redis wrk
+.PHONY: demo test bench train-ce venv clean redis wrk local-settings
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml (the CPU wheel); everything else resolves from it.
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	touch $@
 
 venv: $(VENV)/.installed
+
+# .cascade/settings.env is read by every cascade command started from this folder (real CASCADE_* variables
+# win over it), so a plain `.venv/bin/cascade search ...` after `make demo` finds the shared data and models
+# too. Rewritten on every run: the shared lines follow ../shared (dropped when it is gone); other lines stay.
+LOCAL_SETTINGS := .cascade/settings.env
+SHARED_DATASETS := $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets))
+SHARED_MODELS := $(if $(wildcard ../shared/models),$(abspath ../shared/models))
+
+local-settings:
+	@mkdir -p $(dir $(LOCAL_SETTINGS))
+	@{ if [ -f $(LOCAL_SETTINGS) ]; then grep -v -E '^(CASCADE_DATA_DIR|CASCADE_MODELS_DIR)=|^# written by make' $(LOCAL_SETTINGS) || true; fi; \
+	   if [ -n "$(SHARED_DATASETS)$(SHARED_MODELS)" ]; then printf '# written by make from ../shared (rewritten on each make run)\n'; fi; \
+	   if [ -n "$(SHARED_DATASETS)" ]; then printf 'CASCADE_DATA_DIR=%s\n' "$(SHARED_DATASETS)"; fi; \
+	   if [ -n "$(SHARED_MODELS)" ]; then printf 'CASCADE_MODELS_DIR=%s\n' "$(SHARED_MODELS)"; fi; \
+	 } > $(LOCAL_SETTINGS).tmp
+	@if [ ! -s $(LOCAL_SETTINGS).tmp ]; then rm -f $(LOCAL_SETTINGS) $(LOCAL_SETTINGS).tmp; \
+	 elif cmp -s $(LOCAL_SETTINGS).tmp $(LOCAL_SETTINGS); then rm -f $(LOCAL_SETTINGS).tmp; \
+	 else mv $(LOCAL_SETTINGS).tmp $(LOCAL_SETTINGS); fi
 
 # The service's tests and benchmark use a real redis-server (Debian's package); installed here when missing
 # (as root). Without it those tests are reported as skipped and the benchmark uses the in-process cache.
@@ -40,11 +57,11 @@ wrk:
 
 # Ends by serving the index on 127.0.0.1 (it prints the URL and a curl example; Ctrl-C stops it).
 # `cascade demo --no-serve` stops after the evaluation.
-demo: venv
+demo: venv local-settings
 	$(BIN)/cascade demo --report docs/benchmarks.md --plot docs/img/demo-scifact.png
 
 # Speed and quality numbers for docs/benchmarks.md (each section records its own command and machine).
-bench: venv redis wrk
+bench: venv local-settings redis wrk
 	$(BIN)/cascade demo --prepare-only
 	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
@@ -59,7 +76,7 @@ bench: venv redis wrk
 	$(BIN)/cascade features log --dataset npl --split test --out .cascade/logs/npl-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/npl-test.parquet --cv 5 --dataset npl --split test --report docs/benchmarks.md
 
-test: venv redis
+test: venv local-settings redis
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs
 
 clean:
@@ -67,7 +84,7 @@ clean:
 
 # Reproduce ../shared/models/minilm-l6-ce-v1 from its TRAINING.md recipe (about an hour on 2 cores) and compare
 # it with the shipped model on SciFact test, the only set neither saw.
-train-ce: venv
+train-ce: venv local-settings
 	for d in scifact trec-dl-2020-passage-bm25top100 cranfield med cacm npl; do $(BIN)/cascade index --dataset $$d || exit 1; done
 	$(BIN)/cascade train cross-encoder --recipe minilm-l6-ce-v1 --out ce-repro
 	$(BIN)/cascade train eval-cross-encoder minilm-l6-ce-v1 ce-repro --dataset scifact --split test --depth 30 --report docs/benchmarks.md

@@ -11,14 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from cascade.backend_config import AwsSigV4Config, EmbeddedBackendConfig, OpenSearchBackendConfig
 from cascade.errors import ConfigError
+from cascade.profiles import resolve_profiles
+from cascade.stages import StageItem
 from features.config import FeatureSetConfig
-from cascade.stages import STAGE_CONFIGS
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -108,73 +111,6 @@ class LinearConfig(_Strict):
 FusionConfig = tagged_union((RRFConfig, LinearConfig), "method")
 
 
-class EmbeddedBackendConfig(_Strict):
-    type: Literal["embedded"] = "embedded"
-
-
-class AwsSigV4Config(_Strict):
-    region: str = Field(description="AWS region of the domain or collection, e.g. eu-west-1.")
-    service: Literal["es", "aoss"] = Field(default="es", description="es: OpenSearch Service; aoss: Serverless.")
-
-
-class OpenSearchBackendConfig(_Strict):
-    """An existing OpenSearch cluster. Secrets are named by environment variable, never written here."""
-
-    type: Literal["opensearch"] = "opensearch"
-    hosts: list[str] = Field(default_factory=lambda: ["http://localhost:9200"], min_length=1)
-    index: str | None = Field(default=None, description="Index (or alias) in the cluster; default: the cascade index name.")
-    username: str | None = None
-    password_env: str | None = Field(default=None, description="Environment variable holding the password.")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding an API key.")
-    aws: AwsSigV4Config | None = Field(default=None, description="Sign requests with AWS SigV4 (needs boto3).")
-    verify_certs: bool = True
-    ca_certs: str | None = None
-    timeout_s: float = Field(default=10.0, gt=0, le=600)
-    max_retries: int = Field(default=3, ge=0, le=10, description="Retries on 429 and 5xx answers, with backoff.")
-    retry_backoff_s: float = Field(default=0.5, ge=0, le=60, description="First backoff; doubles on each retry.")
-    field_map: dict[str, str] = Field(default_factory=dict, description="Cascade field -> index field (default: same name).")
-    knn_field: str = Field(default="embedding", description="The knn_vector field.")
-    multi_match_type: Literal["best_fields", "most_fields"] = Field(
-        default="most_fields", description="most_fields sums per-field BM25 like the embedded backend."
-    )
-    mode: Literal["knn", "neural"] = Field(default="knn", description="neural: the cluster embeds the query (model_id).")
-    model_id: str | None = Field(default=None, description="ML Commons model id for mode: neural.")
-    hybrid_pipeline: str | None = Field(default=None, description="Search pipeline for a native hybrid query.")
-    engine: Literal["lucene", "faiss"] = Field(default="lucene", description="knn_vector engine for `cascade index`.")
-    shards: int | None = Field(default=None, ge=1, description="Primary shards for `cascade index` (default: the cluster's).")
-    replicas: int | None = Field(default=None, ge=0, description="Replicas for `cascade index` (default: the cluster's).")
-    stats_ttl_s: float = Field(default=300.0, ge=0, description="How long index statistics are cached.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in ("password", "api_key"):
-                if key in data:
-                    raise ValueError(f"{key}: never put secrets in the config; set {key}_env to the name of an "
-                                     f"environment variable that holds it")
-            if isinstance(data.get("hosts"), str):
-                data = {**data, "hosts": [data["hosts"]]}
-        return data
-
-    @model_validator(mode="after")
-    def _auth_and_mode(self) -> "OpenSearchBackendConfig":
-        if (self.username is None) != (self.password_env is None):
-            raise ValueError("username and password_env go together (basic auth)")
-        schemes = [n for n, on in (("username", self.username), ("api_key_env", self.api_key_env), ("aws", self.aws)) if on]
-        if len(schemes) > 1:
-            raise ValueError(f"choose one way to authenticate; got {', '.join(schemes)}")
-        if self.mode == "neural" and not self.model_id:
-            raise ValueError("mode: neural needs model_id (the ML Commons model that embeds the query)")
-        return self
-
-    def index_name(self, cascade_index: str) -> str:
-        return self.index or cascade_index
-
-    def field(self, name: str) -> str:
-        return self.field_map.get(name, name)
-
-
 BackendConfig = tagged_union((EmbeddedBackendConfig, OpenSearchBackendConfig), "type")
 
 
@@ -196,11 +132,30 @@ class CacheConfig(_Strict):
     pair_scores_ttl_s: int = Field(default=86_400, ge=1, le=30 * 86_400, description="Lifetime of a cached pair score.")
 
 
-StageConfig = tagged_union(STAGE_CONFIGS, "type")
+class ProfileConfig(_Strict):
+    """One rank profile: how candidates are fused, which features are computed, and the stages in order.
+
+    Profiles of an index share its backend, fields, embedder and retrievers (and
+    loaded models); they differ only in how they rank. ``inherit`` is resolved
+    when the file is read (:mod:`cascade.profiles`), so a profile here is complete.
+    """
+
+    description: str = ""
+    fusion: FusionConfig = Field(default_factory=RRFConfig)
+    features: FeatureSetConfig | None = Field(default=None, description="Learning-to-rank features (see docs/config.md).")
+    stages: list[StageItem] = Field(default_factory=list)
+
+    def enabled_stages(self) -> list[Any]:
+        return [s for s in self.stages if s.enabled]
 
 
 class IndexConfig(_Strict):
-    """The cascade for one index."""
+    """One index: its backend, fields, embedder and retrievers once, and one or more rank profiles.
+
+    The top-level ``fusion``, ``features`` and ``stages`` are the ``default``
+    profile (a config without ``profiles`` is a one-profile index); ``profiles``
+    adds named ones, each may ``inherit`` another and override parts of it.
+    """
 
     index: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Index name (lowercase, like OpenSearch).")
     version: str = Field(default="1", description="Bump when behaviour changes; part of cache keys.")
@@ -215,14 +170,18 @@ class IndexConfig(_Strict):
     )
     fusion: FusionConfig = Field(default_factory=RRFConfig)
     features: FeatureSetConfig | None = Field(default=None, description="Learning-to-rank features (see docs/config.md).")
-    stages: list[StageConfig] = Field(default_factory=list)
+    stages: list[StageItem] = Field(default_factory=list)
+    profiles: dict[str, ProfileConfig] = Field(
+        default_factory=dict, description="Rank profiles besides `default` (the top level), by name; `inherit` "
+                                          "is resolved when the file is read.")
+    default_profile: str = Field(default="default", description="The profile a request without `profile` gets.")
     limits: Limits = Field(default_factory=Limits)
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="before")
     @classmethod
-    def _infer_tags(cls, data: Any) -> Any:
-        return infer_tags(data)
+    def _infer_tags(cls, data: Any, info: ValidationInfo) -> Any:
+        return resolve_profiles(infer_tags(data), infer_tags, info.context)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -230,7 +189,7 @@ class IndexConfig(_Strict):
         return str(v) if isinstance(v, (int, float)) else v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "IndexConfig":
+    def _cross_checks(self, info: ValidationInfo) -> "IndexConfig":
         text_fields = {n for n, f in self.fields.items() if f.type == "text"}
         if not self.retrievers:
             raise ValueError("retrievers: at least one retriever is required")
@@ -250,38 +209,76 @@ class IndexConfig(_Strict):
         for f in self.embedder.fields:
             if f not in self.fields:
                 raise ValueError(f"embedder.fields: unknown field {f!r} (fields: {sorted(self.fields)})")
-        for r in self.fusion.weights:
+        if "default" in self.profiles:
+            raise ValueError("profiles.default: the top-level fusion, features and stages are the default profile")
+        if self.default_profile not in self.profile_names():
+            raise ValueError(f"default_profile: no profile {self.default_profile!r} (profiles: {self.profile_names()})")
+        for name in self.profile_names():
+            top = name == "default" and bool((info.context or {}).get("default_at_top", True))
+            self._check_profile(name, self.profile(name), "" if top else f"profiles.{name}.")
+        return self
+
+    def _check_profile(self, name: str, prof: ProfileConfig, at: str) -> None:
+        """Checks of one profile against the index; keys are paths in the user's file (``at`` is the prefix)."""
+        text_fields = {n for n, f in self.fields.items() if f.type == "text"}
+        for r in prof.fusion.weights:
             if r not in self.retrievers:
-                raise ValueError(f"fusion.weights.{r}: no such retriever (retrievers: {sorted(self.retrievers)})")
-        if self.features is not None:
-            ft = self.features
+                raise ValueError(f"{at}fusion.weights.{r}: no such retriever (retrievers: {sorted(self.retrievers)})")
+        ft = prof.features
+        if ft is not None:
             for f in (ft.keyword.fields or []) if ft.keyword else []:
                 if f not in text_fields:
-                    raise ValueError(f"features.keyword.fields: {f!r} is not a text field (text fields: {sorted(text_fields)})")
+                    raise ValueError(f"{at}features.keyword.fields: {f!r} is not a text field (text fields: {sorted(text_fields)})")
             if ft.recency and self.fields.get(ft.recency.field, None) is None:
-                raise ValueError(f"features.recency.field: the index has no field {ft.recency.field!r}")
+                raise ValueError(f"{at}features.recency.field: the index has no field {ft.recency.field!r}")
             if ft.recency and self.fields[ft.recency.field].type != "date":
-                raise ValueError(f"features.recency.field: {ft.recency.field!r} is a {self.fields[ft.recency.field].type} field, not a date")
+                raise ValueError(f"{at}features.recency.field: {ft.recency.field!r} is a {self.fields[ft.recency.field].type} field, not a date")
             for i, nf in enumerate(ft.numeric):
                 if nf.field not in self.fields or self.fields[nf.field].type not in ("integer", "float"):
-                    raise ValueError(f"features.numeric.{i}.field: {nf.field!r} is not a numeric field of this index")
+                    raise ValueError(f"{at}features.numeric.{i}.field: {nf.field!r} is not a numeric field of this index")
+        view = SimpleNamespace(index=self.index, fields=self.fields, retrievers=self.retrievers, features=ft)
         seen: set[str] = set()
-        for i, s in enumerate(self.stages):
+        for i, s in enumerate(prof.stages):
+            key = f"{at}stages.{i}"
             if s.stage_name in seen or s.stage_name in self.retrievers or s.stage_name == "fusion":
-                raise ValueError(f"stages.{i}.name: {s.stage_name!r} is used twice; give each stage its own name")
+                raise ValueError(f"{key}.name: {s.stage_name!r} is used twice; give each stage its own name")
             seen.add(s.stage_name)
-            if s.combine is not None:
-                allowed = {"fusion", s.stage_name, *(t.stage_name for t in self.stages[:i])}
+            if s.combine is not None and s.enabled:
+                allowed = {"fusion", s.stage_name, *(t.stage_name for t in prof.stages[:i] if t.enabled)}
+                off = {t.stage_name for t in prof.stages if not t.enabled}
                 for src in s.combine.weights:
+                    if src in off:
+                        raise ValueError(f"{key}.combine.weights.{src}: stage {src} is disabled (enabled: false) "
+                                         f"in this profile, so there is no score to combine")
                     if src not in allowed:
-                        raise ValueError(f"stages.{i}.combine.weights.{src}: not a score this stage can see "
+                        raise ValueError(f"{key}.combine.weights.{src}: not a score this stage can see "
                                          f"(it can combine {sorted(allowed)})")
-            if s.type == "ltr" and self.features is None:
-                raise ValueError(f"stages.{i}: an ltr stage needs a `features:` section declaring its feature set")
-            for f in getattr(s, "fields", []) or []:
-                if f not in self.fields:
-                    raise ValueError(f"stages.{i}.fields: unknown field {f!r} (fields: {sorted(self.fields)})")
-        return self
+            s.validate_index(view, key)
+
+    def profile_names(self) -> list[str]:
+        """Every rank profile: ``default`` (the top level) first, then the named ones."""
+        return ["default", *self.profiles]
+
+    def profile(self, name: str | None = None) -> ProfileConfig:
+        """A profile by name (None: the index's default_profile); UnknownProfile lists them all."""
+        from cascade.errors import UnknownProfile
+
+        name = name or self.default_profile
+        if name == "default":
+            return ProfileConfig.model_construct(description=self.description, fusion=self.fusion,
+                                                 features=self.features, stages=self.stages)
+        prof = self.profiles.get(name)
+        if prof is None:
+            raise UnknownProfile(self.index, name, self.profile_names())
+        return prof
+
+    def for_profile(self, name: str | None = None) -> "IndexConfig":
+        """This config with the top-level fusion, features and stages of profile ``name`` (what its cascade reads)."""
+        name = name or self.default_profile
+        if name == "default":
+            return self
+        prof = self.profile(name)
+        return self.model_copy(update={"fusion": prof.fusion, "features": prof.features, "stages": prof.stages})
 
     def bm25_fields(self, r: BM25Config) -> dict[str, float]:
         return r.fields or {n: 1.0 for n, f in self.fields.items() if f.type == "text"}
@@ -343,7 +340,7 @@ def parse_config(data: Any, source: str) -> IndexConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, "", "expected a mapping at the top level")
     try:
-        return IndexConfig.model_validate(data)
+        return IndexConfig.model_validate(data, context={})
     except ValidationError as exc:
         key, msg = _format_validation_error(exc, infer_tags(data))
         raise ConfigError(source, key, msg) from None
@@ -398,4 +395,11 @@ def starter_config(name: str) -> IndexConfig:
 
 
 def dump_config(cfg: IndexConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+    """The effective config as YAML that loads back: one-profile indexes in the plain layout, others with
+    every profile resolved (no ``inherit`` left) and no top-level fusion/features/stages."""
+    data = cfg.model_dump(mode="json", exclude_defaults=False)
+    if not cfg.profiles:
+        data.pop("profiles", None)
+    if cfg.default_profile == "default":
+        data.pop("default_profile", None)
+    return yaml.safe_dump(data, sort_keys=False)

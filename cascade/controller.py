@@ -1,27 +1,34 @@
-"""The controller: retrievers in parallel, fusion, then each stage in order, with a trace per step.
+"""The controller: retrievers in parallel, fusion, then each stage of one rank profile in order, with a trace per step.
 
-It owns no ranking logic of its own; it sequences the pieces a config names and
-records what each did (candidates in and out, milliseconds, scores) so that
-``explain`` and evaluation read the same trace.
+It owns no ranking logic of its own; it sequences the pieces a profile names and
+records what each did (candidates in and out, milliseconds, scores, cost) so that
+``explain``, metrics and evaluation read the same trace. A :class:`Cascade` is a
+value: :meth:`Cascade.prefix` and :meth:`Cascade.with_overrides` give views that
+share the backend and the loaded models, so evaluation and benchmarks run
+exactly what the service runs. Cascades are built by :mod:`cascade.builder`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from cascade.candidates import Candidates, Hit
 from cascade.config import IndexConfig, RRFConfig
-from cascade.errors import CascadeError
+from cascade.errors import AllRetrieversFailed, CascadeError
 from cascade.fusion import fuse
+from cascade.overrides import apply_overrides, override_bounds
 from cascade.query import Query, validate_query
 from cascade.retrieval import DocumentSource, MultiRetriever, Retriever
-from cascade.stages.base import Stage
+from cascade.stages.base import Stage, below
+from cascade.text import normalize_query
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +49,12 @@ class StageTrace:
     error: str | None = None
     note: str | None = None  # e.g. a stage shrunk or skipped to fit the request's budget
     budget_cut: str | None = None  # "shrunk" or "skipped" when the budget cut this stage (the note says how)
+    cost_unit: str | None = None  # stages: what ``scored`` counts (pairs, rows, calls, tokens)
 
     def as_dict(self, top: int | None = None) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "kind", "n_in", "n_out", "scored", "ms", "elapsed_ms")}
+        if self.cost_unit:
+            d["cost_unit"] = self.cost_unit
         d["ms"], d["elapsed_ms"] = round(self.ms, 3), round(self.elapsed_ms, 3)
         d["top"] = [{"id": i, "score": _f(s)} for i, s in list(zip(self.ids, self.scores))[:top]]
         if self.error:
@@ -85,6 +95,15 @@ class SearchResult:
     candidates: Candidates
     traces: list[StageTrace]
     took_ms: float
+    profile: str = "default"
+
+    def cost(self) -> dict[str, int]:
+        """Work done by the stages that ran, by cost unit (e.g. ``{"pairs": 10, "rows": 200}``)."""
+        out: dict[str, int] = {}
+        for t in self.traces:
+            if t.cost_unit and not t.error:
+                out[t.cost_unit] = out.get(t.cost_unit, 0) + t.scored
+        return out
 
     @property
     def degraded(self) -> list[str]:
@@ -116,7 +135,12 @@ class SearchResult:
 
 
 class Cascade:
-    """One index's cascade, built from its config: ``await cascade.search(Query("..."))``."""
+    """One rank profile of an index: ``await cascade.search(Query("..."))``.
+
+    Build it with :func:`cascade.builder.open_index` (every profile of an index
+    shares one backend and its models). ``config`` is the index config with this
+    profile's fusion, features and stages at the top level.
+    """
 
     def __init__(
         self,
@@ -126,31 +150,48 @@ class Cascade:
         documents: DocumentSource | None = None,
         features: Any = None,
         multi: MultiRetriever | None = None,
+        profile: str = "default",
     ):
         self.config, self.retrievers, self.stages, self.documents = config, retrievers, stages, documents
         # One round trip for every retriever when the backend (the document source) offers it.
         self.multi = multi if multi is not None else (documents if isinstance(documents, MultiRetriever) else None)
-        self.features = features  # a features.extractor.FeatureExtractor when the config declares features
+        self.features = features  # a features.extractor.FeatureExtractor when the profile declares features
+        self.profile = profile
         self._costs = CostModel()
         self._field_types = {n: f.type for n, f in config.fields.items()}
 
-    @classmethod
-    def from_config(cls, config: IndexConfig, settings=None) -> "Cascade":
-        from cascade.settings import get_settings
-        from cascade.stages.base import BuildContext
-        from connectors import open_backend
+    # ------------------------------------------------------------------ views
 
-        settings = settings or get_settings()
-        backend = open_backend(config, settings)
-        retrievers = {name: backend.retriever(name, rcfg) for name, rcfg in config.retrievers.items()}
-        features = None
-        if config.features is not None:
-            from features.extractor import FeatureExtractor, feature_source_for
+    def _view(self, **changes: Any) -> "Cascade":
+        view = copy.copy(self)
+        for k, v in changes.items():
+            setattr(view, k, v)
+        return view
 
-            features = FeatureExtractor(config, feature_source_for(backend, config))
-        ctx = BuildContext(settings=settings, index=config, feature_names=features.names if features else None)
-        stages = [s.build(ctx) for s in config.stages if s.enabled]
-        return cls(config, retrievers, stages, backend, features)
+    def prefix(self, n: int) -> "Cascade":
+        """This cascade cut after its first ``n`` stages (0: retrieval and fusion only); shares everything."""
+        if n < 0:
+            raise ValueError("prefix: n must be >= 0")
+        return self._view(stages=list(self.stages[:n]))
+
+    def with_overrides(self, overrides: Mapping[str, Any], *, deeper: bool = False) -> "Cascade":
+        """A view with other keep/rerank values per step (``{"cross_encoder": {"rerank": 30}}``).
+
+        By default only ever shallower than the profile (what a request may ask:
+        :class:`cascade.errors.OverrideError` names the override and its bound);
+        ``deeper=True`` lets evaluation and benchmarks sweep past it.
+        """
+        if not overrides:
+            return self
+        fusion, stages = apply_overrides(self, overrides, deeper=deeper)
+        view = self._view(stages=stages)
+        if fusion is not self.config.fusion:
+            view.config = self.config.model_copy(update={"fusion": fusion})
+        return view
+
+    def bounds(self) -> dict[str, dict[str, int | None]]:
+        """The largest keep and rerank a request may ask of each step."""
+        return override_bounds(self)
 
     def plan(self) -> list[dict[str, Any]]:
         """The cascade as declared: what ``explain`` mirrors."""
@@ -159,13 +200,29 @@ class Cascade:
         ]
         f = self.config.fusion
         steps.append({"name": "fusion", "type": f.method, "keep": f.keep, **({"k": f.k} if isinstance(f, RRFConfig) else {"normalize": f.normalize})})
+        if self.computes_features:
+            steps.append({"name": "features", "type": "features", "features": len(self.features.names)})
         for s in self.stages:
-            steps.append(s.describe() if hasattr(s, "describe") else {"name": s.name, "type": s.kind})
+            steps.append(s.describe())
         return steps
 
+    @property
+    def computes_features(self) -> bool:
+        """Features are computed only when a stage of this cascade reads them."""
+        return self.features is not None and any(getattr(s, "reads_features", False) for s in self.stages)
+
+    def reset_costs(self) -> None:
+        """Forget the learned stage costs (after a cold warm-up run, which would shrink early budgets for nothing)."""
+        self._costs = CostModel()
+
     def validate(self, query: Query) -> Query:
+        """The query checked against the index and its text normalized (every path ranks the same text)."""
         lim = self.config.limits
-        return validate_query(query, self._field_types, lim.max_size, lim.max_query_chars)
+        q = validate_query(query, self._field_types, lim.max_size, lim.max_query_chars)
+        text = normalize_query(q.text)
+        return q if text == q.text else dataclasses.replace(q, text=text)
+
+    # ------------------------------------------------------------------ running
 
     async def _retrieve(self, name: str, retriever: Retriever, query: Query, t0: float) -> tuple[list[Hit], StageTrace]:
         k = self.config.retrievers[name].k
@@ -205,13 +262,28 @@ class Cascade:
                                          (now - t0) * 1e3, [h.id for h in hits], [h.score for h in hits], error)))
         return out
 
-    async def search(self, query: Query, *, validated: bool = False, budget_ms: float | None = None) -> SearchResult:
+    async def retrieve(self, query: Query, t0: float | None = None) -> "Retrieved":
+        """Every retriever's hits for a validated query: what fusion starts from, shared by profiles of an index."""
+        t0 = time.perf_counter() if t0 is None else t0
+        if self.multi is not None:
+            pairs = await self._retrieve_many(query, t0)
+        else:
+            pairs = await asyncio.gather(*(self._retrieve(n, r, query, t0) for n, r in self.retrievers.items()))
+        traces = [tr for _, tr in pairs]
+        if all(tr.error for tr in traces):
+            raise AllRetrieversFailed("every retriever failed: " + "; ".join(f"{t.name}: {t.error}" for t in traces))
+        return Retrieved({tr.name: hits for hits, tr in pairs}, traces, (time.perf_counter() - t0) * 1e3)
+
+    async def search(self, query: Query, *, validated: bool = False, budget_ms: float | None = None,
+                     retrieved: "Retrieved | None" = None) -> SearchResult:
+        """Rank one query. ``budget_ms``: a latency budget (none by default; the service passes the request's,
+        capped by ``limits.budget_ms``). ``retrieved``: hits already fetched for this query (several profiles
+        evaluated on one retrieval)."""
         t0 = time.perf_counter()
-        budget_ms = budget_ms if budget_ms is not None else self.config.limits.budget_ms
         deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
         if not validated:
             query = self.validate(query)
-        cands, traces = await self.candidates(query, t0)
+        cands, traces = await self.candidates(query, t0, retrieved=retrieved)
         for stage in self.stages:
             t = time.perf_counter()
             error = note = cut = None
@@ -221,9 +293,12 @@ class Cascade:
             else:
                 head, tail = (cands, None) if window is None else (cands.head(window), cands.take(np.arange(window, len(cands))))
                 try:
+                    if stage.text_fields:
+                        await self._fill_fields(head, 0, min(len(head), stage.rerank or len(head)))
                     out = await stage(query, head, deadline)
                     if tail is not None and len(tail):  # shrunk: the unscored rest follows in its previous order
-                        out = out.concat(tail).head(getattr(stage, "keep", None))
+                        tail.score = below(out.score, tail.score)
+                        out = out.concat(tail).head(stage.keep)
                         note, cut = f"shrunk to {window} candidates to fit the budget", "shrunk"
                 except Exception as exc:  # degrade: keep the previous order, flag the stage
                     log.exception("stage %s failed", stage.name)
@@ -233,15 +308,17 @@ class Cascade:
             if scored:
                 self._costs.observe(stage.name, (now - t) * 1e3, scored)
             traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
-                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note, cut))
+                                     (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note, cut,
+                                     stage.cost_unit))
             cands = out
-        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3)
+        await self._fill_fields(cands, query.offset, query.offset + query.size)  # the page the caller sees
+        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3, self.profile)
 
     def _affordable(self, stage: Stage, cands: Candidates, deadline: float | None) -> int | None:
         """How many candidates the stage may score within the deadline (None: no limit needed)."""
         if deadline is None:
             return None
-        want = min(len(cands), getattr(stage, "rerank", None) or len(cands))
+        want = min(len(cands), stage.rerank or len(cands))
         est = self._costs.estimate(stage.name, want)
         left_ms = (deadline - time.monotonic()) * 1e3
         if est is None or est <= left_ms:
@@ -249,32 +326,36 @@ class Cascade:
         per_item = self._costs.per_item(stage.name)
         return max(0, min(want, int(left_ms / per_item))) if per_item > 0 else None
 
-    async def candidates(self, query: Query, t0: float | None = None) -> tuple[Candidates, list[StageTrace]]:
-        """Retrieval, fusion and features: what every stage starts from (and what feature logs record).
+    async def candidates(self, query: Query, t0: float | None = None, *, features: bool | None = None,
+                         retrieved: "Retrieved | None" = None) -> tuple[Candidates, list[StageTrace]]:
+        """Retrieval, fusion and (when a stage reads them, or ``features=True``) features: what stages start from.
 
-        ``query`` must be validated already (``search`` does it)."""
+        ``query`` must be validated already (``search`` does it). Feature logs pass
+        ``features=True`` so that they record exactly what the LTR stage will see.
+        """
         t0 = time.perf_counter() if t0 is None else t0
-        if self.multi is not None:
-            pairs = await self._retrieve_many(query, t0)
-        else:
-            pairs = await asyncio.gather(*(self._retrieve(n, r, query, t0) for n, r in self.retrievers.items()))
-        traces = [tr for _, tr in pairs]
-        if all(tr.error for tr in traces):
-            raise RuntimeError("every retriever failed: " + "; ".join(f"{t.name}: {t.error}" for t in traces))
-        results = {tr.name: hits for hits, tr in pairs}
+        if retrieved is None:
+            retrieved = await self.retrieve(query, t0)
+            traces = list(retrieved.traces)
+        else:  # shared retrieval: its traces and time count as this search's own first steps
+            traces = [dataclasses.replace(t) for t in retrieved.traces]
+            t0 -= retrieved.ms / 1e3
+        results = retrieved.hits
 
         t = time.perf_counter()
         cands = fuse(results, self.config.fusion)
-        await self._fill_fields(cands)
         now = time.perf_counter()
         n_in = len({h.id for hits in results.values() for h in hits})
         traces.append(StageTrace("fusion", "fusion", n_in, len(cands), n_in, (now - t) * 1e3, (now - t0) * 1e3,
                                  list(cands.ids), cands.score.tolist()))
 
-        if self.features is not None:
+        want = self.computes_features if features is None else (features and self.features is not None)
+        if want:
             t = time.perf_counter()
             error = None
             try:
+                if getattr(self.features, "needs_fields", True):
+                    await self._fill_fields(cands, 0, len(cands))
                 cands = await self.features(query, cands)
             except Exception as exc:  # stages that need features will fail and be flagged too
                 log.exception("feature extraction failed")
@@ -284,9 +365,19 @@ class Cascade:
                                      (now - t) * 1e3, (now - t0) * 1e3, list(cands.ids), cands.score.tolist(), error))
         return cands, traces
 
-    async def _fill_fields(self, cands: Candidates) -> None:
-        missing = [i for i, f in enumerate(cands.fields) if f is None]
+    async def _fill_fields(self, cands: Candidates, start: int, stop: int) -> None:
+        """Fetch stored fields of rows ``start:stop`` that lack them (only what is about to be read)."""
+        missing = [i for i in range(max(0, start), min(stop, len(cands))) if cands.fields[i] is None]
         if missing and self.documents is not None:
             docs = await self.documents.fetch([cands.ids[i] for i in missing])
             for i, d in zip(missing, docs):
                 cands.fields[i] = d
+
+
+@dataclass
+class Retrieved:
+    """Every retriever's hits for one query, with their traces and the time they took."""
+
+    hits: dict[str, list[Hit]]
+    traces: list[StageTrace]
+    ms: float

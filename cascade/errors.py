@@ -68,3 +68,27 @@ class BackendError(CascadeError):
     def __init__(self, message: str, status: int | None = None, kind: str | None = None):
         self.status, self.kind = status, kind
         super().__init__(message)
+
+
+class OverrideError(CascadeError):
+    """A per-request override asks for something the cascade does not allow; ``field`` names it.
+
+    ``kind`` says which rule: ``unknown_step``, ``not_overridable`` or ``above_config``
+    (``limit`` then carries the bound).
+    """
+
+    def __init__(self, field: str, message: str, kind: str, limit: int | None = None):
+        self.field, self.message, self.kind, self.limit = field, message, kind, limit
+        super().__init__(f"{field}: {message}")
+
+
+class UnknownProfile(CascadeError):
+    """A request or command names a rank profile the index does not declare."""
+
+    def __init__(self, index: str, profile: str, have: list[str]):
+        self.index, self.profile, self.have = index, profile, have
+        super().__init__(f"index {index} has no rank profile {profile!r}; its profiles: {', '.join(have)}")
+
+
+class AllRetrieversFailed(CascadeError):
+    """Every retriever of a search failed: nothing to rank (the backend, not the request, is at fault)."""

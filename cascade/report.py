@@ -38,17 +38,29 @@ def machine() -> str:
 
 
 def rich_table(rep: EvalReport) -> Table:
-    t = Table(title=f"{rep.dataset} {rep.split}: {rep.queries} queries, cascade {rep.index} v{rep.config_version}")
-    t.add_column("step", no_wrap=True)
-    for col, just in [("nDCG@10", "right"), ("R@30", "right"), ("R@100", "right"), ("MRR@10", "right"),
-                      ("p50 ms", "right"), ("p95 ms", "right"), ("step p50 ms", "right"), ("CE pairs/q", "right")]:
-        t.add_column(col, justify=just)
-    best = max(s.ndcg_10 for s in rep.stages)
-    for s in rep.stages:
-        nd = f"{s.ndcg_10:.4f}"
-        t.add_row(s.name, f"[bold green]{nd}[/]" if s.ndcg_10 == best else nd, f"{s.recall_30:.4f}", f"{s.recall_100:.4f}",
-                  f"{s.mrr_10:.4f}", f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}", f"{s.step_p50_ms:.1f}",
-                  f"{s.ce_pairs_per_query:.0f}")
+    """The per-step table for a terminal: fits 80 columns and never cuts a number (step names wrap instead).
+
+    R@30 and the step-alone p50 are left to the JSON and Markdown outputs, which have the room.
+    """
+    title = f"{rep.dataset} {rep.split}: {rep.queries} queries, cascade {rep.index} v{rep.config_version}"
+    profile = getattr(rep, "profile", None)  # newer reports say which machine profile they ran under
+    if isinstance(profile, str) and profile:
+        title += f", profile {profile}"
+    stages = list(rep.stages)
+    best = max((s.ndcg_10 for s in stages), default=None)
+    headers = ["nDCG@10", "R@100", "MRR@10", "p50 ms", "p95 ms", "cost/q"]
+    rows = [[f"{s.ndcg_10:.4f}", f"{s.recall_100:.4f}", f"{s.mrr_10:.4f}", f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}",
+             f"{getattr(s, 'ce_pairs_per_query', 0.0):.0f}"] for s in stages]
+    t = Table(title=title, caption="ms: cumulative p50/p95 up to the step; cost/q: cross-encoder pairs per query",
+              caption_justify="left")
+    t.add_column("step", overflow="fold", min_width=4)
+    for i, h in enumerate(headers):
+        width = max([len(h), *(len(r[i]) for r in rows)])
+        t.add_column(h, justify="right", no_wrap=True, min_width=width)
+    for s, r in zip(stages, rows):
+        if s.ndcg_10 == best:
+            r[0] = f"[bold green]{r[0]}[/]"
+        t.add_row(s.name, *r)
     return t
 
 

@@ -2,6 +2,13 @@
 
 Per-index behaviour lives in the cascade YAML files; these settings only say
 where things are on this machine, so the same config works everywhere.
+
+Values come from, in order of precedence: real ``CASCADE_*`` environment
+variables, then ``.cascade/settings.env`` in the working directory (written by
+``make`` to point at ``../shared`` when it exists), then the defaults below.
+The default folders are project-local (``.cascade/...`` relative to the
+working directory), the same ones the Makefile used, so ``make demo`` and a
+plain ``.venv/bin/cascade ...`` run from the checkout see the same indexes.
 """
 
 from __future__ import annotations
@@ -13,13 +20,18 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-def _user_dir(kind: str) -> Path:
-    base = {"data": Path.home() / ".local" / "share", "cache": Path.home() / ".cache"}[kind]
-    return base / "cascade"
+# Relative to the working directory when Settings() is created (run commands from the checkout).
+LOCAL_DIR = Path(".cascade")
+ENV_FILE = LOCAL_DIR / "settings.env"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CASCADE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CASCADE_",
+        env_file=ENV_FILE,  # real environment variables win over it
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
 
     data_dir: Path | None = Field(
         default=None,
@@ -30,18 +42,23 @@ class Settings(BaseSettings):
         default=None, description="Folder of local models; a model name is looked up here first."
     )
     index_dir: Path = Field(
-        default_factory=lambda: _user_dir("data") / "indexes",
-        description="Where the embedded backend persists its indexes.",
+        default=LOCAL_DIR / "indexes",
+        description="Where the embedded backend persists its indexes (default: .cascade/indexes, relative to "
+        "the working directory).",
     )
     trained_dir: Path = Field(
-        default_factory=lambda: _user_dir("data") / "models",
-        description="Where `cascade train` writes models; a stage's model name is looked up here too.",
+        default=LOCAL_DIR / "models",
+        description="Where `cascade train` writes models; a stage's model name is looked up here too "
+        "(default: .cascade/models, relative to the working directory).",
     )
     config_dir: Path = Field(
         default=Path("configs"),
         description="Folder of per-index cascade YAML files (NAME.yaml); built-in configs are the fallback.",
     )
-    cache_dir: Path = Field(default_factory=lambda: _user_dir("cache"), description="Downloads.")
+    cache_dir: Path = Field(
+        default=LOCAL_DIR / "cache",
+        description="Downloads (default: .cascade/cache, relative to the working directory).",
+    )
     beir_url: str = Field(
         default="https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets",
         description="Base URL of the public BEIR archives (NAME.zip).",

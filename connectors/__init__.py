@@ -10,12 +10,16 @@ if TYPE_CHECKING:
 
 
 def open_backend(config: "IndexConfig", settings: "Settings"):
+    from cascade.extras import require
+
     kind = config.backend.type
     if kind == "embedded":
+        require("faiss", "embedded", "the embedded backend")
         from connectors.embedded import EmbeddedBackend
 
         return EmbeddedBackend(config, settings)
     if kind == "opensearch":
+        require("opensearchpy", "opensearch", "the opensearch backend")
         from connectors.opensearch import OpenSearchBackend
 
         return OpenSearchBackend(config, settings)

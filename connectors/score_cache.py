@@ -1,24 +1,17 @@
-"""A cache of cross-encoder scores per (query, document), wrapped around any pair scorer.
+"""Stores for cached pair scores per (query, document): an in-process LRU or Redis.
 
-Result caching only helps when the whole request repeats; pair scores also
-help when a query comes back with another filter, page or override, or when
-two indexes share documents: the expensive model then scores only the pairs
-it has never seen. The wrapper keeps the :class:`connectors.rerankers.PairScorer`
-interface, so the stage that calls it does not know it is there.
-
-``score`` is blocking (stages call it from a worker thread), so the stores
-here are blocking too: a thread-safe LRU, or a synchronous Redis client with
-the same short timeouts and fail-open behaviour as the result cache.
+The scorer that uses them (:class:`cascade.models.scorers.CachedPairScorer`)
+is composed in front of a model at build time. The Redis store is a
+synchronous client with the same short timeouts and fail-open behaviour as
+the result cache; the async scorer calls it from a worker thread, so the
+event loop never waits on Redis.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol
 
 from connectors.cache import LRU, Breaker, ErrorHook
 
@@ -26,7 +19,7 @@ if TYPE_CHECKING:
     from cascade.settings import Settings
 
 log = logging.getLogger(__name__)
-_PACK = struct.Struct("<d")
+PACK = struct.Struct("<d")  # one float64 per pair
 
 
 class PairStore(Protocol):
@@ -104,52 +97,6 @@ class RedisPairStore:
             self.pool.disconnect()
         except Exception:
             pass
-
-
-class CachedPairScorer:
-    """A pair scorer that asks ``store`` first and the wrapped model only for the pairs it lacks.
-
-    ``namespace`` must change whenever the scores would (model, max_length,
-    dtype): the service derives it from the stage's ``describe()``.
-    """
-
-    def __init__(self, inner: Any, store: PairStore, ttl_s: float, namespace: str,
-                 on_lookup: Callable[[int, int], None] | None = None):
-        self.inner, self.store, self.ttl_s = inner, store, ttl_s
-        self.namespace = namespace
-        self.name = inner.name
-        self.on_lookup = on_lookup  # (pairs found, pairs scored by the model)
-
-    def __getattr__(self, attr: str) -> Any:  # dtype, batch_size, model: whatever describe() reads
-        return getattr(self.inner, attr)
-
-    def key(self, query: str, doc: str) -> str:
-        h = hashlib.blake2b(digest_size=20)
-        for part in (self.namespace, query, doc):
-            b = part.encode("utf-8", "surrogatepass")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-        return "cascade:pair:" + h.hexdigest()
-
-    def score(self, query: str, docs: list[str]) -> np.ndarray:
-        if not docs:
-            return np.zeros(0)
-        keys = [self.key(query, d) for d in docs]
-        got = self.store.get_many(keys)
-        scores = np.empty(len(docs), dtype=np.float64)
-        missing: list[int] = []
-        for i, v in enumerate(got):
-            if v is not None and len(v) == _PACK.size:
-                scores[i] = _PACK.unpack(v)[0]
-            else:
-                missing.append(i)
-        if missing:
-            fresh = np.asarray(self.inner.score(query, [docs[i] for i in missing]), dtype=np.float64)
-            scores[missing] = fresh
-            self.store.set_many({keys[i]: _PACK.pack(float(s)) for i, s in zip(missing, fresh)}, self.ttl_s)
-        if self.on_lookup:
-            self.on_lookup(len(docs) - len(missing), len(missing))
-        return scores
 
 
 def make_pair_store(settings: "Settings", on_error: ErrorHook | None = None) -> PairStore:

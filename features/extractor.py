@@ -8,39 +8,20 @@ the whole candidate set at once; no engine plugin and no second query.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cascade.candidates import Candidates
 from cascade.errors import ConfigError
 from connectors.analysis import analyze
+from features.context import FeatureContext, FeatureSource  # re-exported: older code imports them from here
 from features.groups import NumericGroup, QueryGroup, RecencyGroup, RetrievalGroup, SemanticGroup
 from features.keyword import KeywordGroup
 
 if TYPE_CHECKING:
     from cascade.config import IndexConfig
     from cascade.query import Query
-
-
-class FeatureSource(Protocol):
-    """What a backend provides for features: term statistics and query/document cosines."""
-
-    def term_stats(self, ctx: "FeatureContext", field: str, kind: str, terms: list[str]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
-        """(tf [n x terms], doc lengths [n], df [terms], number of docs, average length) for ``field``."""
-        ...
-
-    def cosines(self, ctx: "FeatureContext") -> np.ndarray: ...
-
-
-@dataclass
-class FeatureContext:
-    query: "Query"
-    candidates: Candidates
-    source: FeatureSource
-    memo: dict = field(default_factory=dict)  # per-call scratch space shared by groups (e.g. backend rows)
 
 
 class EmbeddedFeatureSource:
@@ -72,6 +53,8 @@ class FieldsFeatureSource:
     The backend must offer ``collection_stats(field, terms) -> (df, num_docs, avg_length)``
     (document frequencies across the whole index) and an ``embedder``.
     """
+
+    needs_fields = True  # tokenizes stored fields: the controller fetches them for every candidate first
 
     def __init__(self, backend: Any, embed_fields: list[str], knn_names: list[str]):
         self.backend, self.embed_fields, self.knn_names = backend, embed_fields, knn_names
@@ -130,6 +113,9 @@ class FeatureExtractor:
         if ft.query:
             self.groups.append(QueryGroup(next(iter(text.values()), "english")))
         self.names = [n for g in self.groups for n in g.names()]
+        # Phrase matches, dates and numeric fields are read from stored fields (so is every keyword feature
+        # on a backend without a forward index): the controller fetches them for every candidate first.
+        self.needs_fields = bool(ft.keyword or ft.recency or ft.numeric) or getattr(source, "needs_fields", False)
         self.fingerprint = ft.fingerprint()
 
     def compute(self, query: "Query", candidates: Candidates) -> np.ndarray:

@@ -12,7 +12,7 @@ from connectors.analysis import analyze
 from features.config import NumericFeature, RecencyFeatures
 
 if TYPE_CHECKING:
-    from features.extractor import FeatureContext
+    from features.context import FeatureContext
 
 
 class RetrievalGroup:

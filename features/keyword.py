@@ -19,7 +19,7 @@ import numpy as np
 from connectors.analysis import analyze
 
 if TYPE_CHECKING:
-    from features.extractor import FeatureContext
+    from features.context import FeatureContext
 
 def idf(df: np.ndarray, num_docs: int) -> np.ndarray:
     return np.log1p((num_docs - df + 0.5) / (df + 0.5))

@@ -45,7 +45,7 @@ async def log_features(
     empty = 0
     for n, qid in enumerate(qids, start=1):
         q = cascade.validate(Query(text=queries[qid], size=1, id=qid))
-        cands, traces = await cascade.candidates(q)
+        cands, traces = await cascade.candidates(q, features=True)  # what the LTR stage will see
         failed = [t.name for t in traces if t.error]
         if failed:
             raise CascadeError(f"query {qid}: {', '.join(failed)} failed while logging features: "

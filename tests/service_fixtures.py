@@ -97,35 +97,22 @@ class FailingStage(Reranker):
 
 
 class CountingScorer:
-    """A PairScorer that counts the pairs it is asked to score (the wrapper must spare it repeats)."""
+    """A blocking pair runtime that counts the pairs it is asked to score (the cache must spare it repeats).
+
+    Like the real runtimes, an empty document is NaN (not scored, not counted).
+    """
 
     name = "counting-scorer"
 
-    def __init__(self) -> None:
+    def __init__(self, stamp: str = "counting-v1") -> None:
         self.pairs = 0
+        self.stamp = stamp
         self.lock = threading.Lock()
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:
         with self.lock:
-            self.pairs += len(docs)
-        return np.array([float(len(d) % 97) + len(query) / 100 for d in docs])
-
-
-class ScorerStage(Reranker):
-    """Shaped like the cross-encoder stage: a ``scorer`` attribute called from a worker thread."""
-
-    kind = "cross_encoder"
-
-    def __init__(self, scorer, name: str = "ce", rerank: int | None = 5):
-        super().__init__(name, rerank, None)
-        self.scorer = scorer
-
-    async def score(self, query, candidates, deadline):
-        docs = [candidates.text(i, ["title", "text"]) for i in range(len(candidates))]
-        return await asyncio.to_thread(self.scorer.score, query.text, docs)
-
-    def describe(self):
-        return {**super().describe(), "model": self.scorer.name}
+            self.pairs += sum(1 for d in docs if d)
+        return np.array([float(len(d) % 97) + len(query) / 100 if d else np.nan for d in docs])
 
 
 class SlowSearch:

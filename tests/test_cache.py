@@ -8,6 +8,7 @@ bounded.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -15,7 +16,8 @@ import pytest
 
 from cascade.service.concurrency import Admission, Overloaded, SingleFlight
 from connectors.cache import LRU, MemoryCache, RedisCache
-from connectors.score_cache import CachedPairScorer, MemoryPairStore, RedisPairStore
+from cascade.models.scorers import CachedPairScorer, Threaded
+from connectors.score_cache import MemoryPairStore, RedisPairStore
 from tests.service_fixtures import CountingScorer, free_port, redis_server  # noqa: F401
 
 
@@ -160,88 +162,90 @@ async def test_admission_bounds_running_and_waiting():
     assert adm.running == 0 and adm.waiting == 0
 
 
-def test_pair_scores_come_from_redis_the_second_time(redis_server):
-    inner = CountingScorer()
+async def test_pair_scores_come_from_redis_the_second_time(redis_server):
+    inner = CountingScorer(stamp="m1")
     store = RedisPairStore(redis_server.url, timeout_s=0.2, retry_s=0.2)
     lookups: list[tuple[int, int]] = []
-    scorer = CachedPairScorer(inner, store, ttl_s=60, namespace="m1", on_lookup=lambda h, m: lookups.append((h, m)))
+    scorer = CachedPairScorer(Threaded(inner), store, ttl_s=60, on_lookup=lambda h, m: lookups.append((h, m)))
     docs = ["alpha doc", "beta document", "gamma"]
-    first = scorer.score("q", docs)
+    first = await scorer.score("q", docs)
     assert inner.pairs == 3 and np.allclose(first, inner.score("q", docs)) and lookups == [(0, 3)]
     inner.pairs = 0
-    again = scorer.score("q", docs + ["delta"])
+    again = await scorer.score("q", docs + ["delta"])
     assert inner.pairs == 1 and np.allclose(again[:3], first) and lookups[-1] == (3, 1)
-    assert scorer.name == inner.name and scorer.lock is inner.lock  # other attributes pass through
-    # Another model (namespace) or another query never reuses these scores.
-    other = CachedPairScorer(inner, store, ttl_s=60, namespace="m2")
-    other.score("q", docs)
-    scorer.score("q2", docs)
-    assert inner.pairs == 1 + 3 + 3
+    assert scorer.name == inner.name and scorer.stamp == "m1"
+    # Another model stamp (a retrained model) or another query never reuses these scores.
+    other_model = CountingScorer(stamp="m2")
+    await CachedPairScorer(Threaded(other_model), store, ttl_s=60).score("q", docs)
+    await scorer.score("q2", docs)
+    assert other_model.pairs == 3 and inner.pairs == 1 + 3
     keys = redis_server.client().keys("cascade:pair:*")
     assert len(keys) == 4 + 3 + 3 and 0 < redis_server.client().pttl(keys[0]) <= 60_000
 
     redis_server.stop()  # the model scores everything itself, and nothing raises
     inner.pairs = 0
     t = time.perf_counter()
-    assert np.allclose(scorer.score("q", docs), first) and inner.pairs == 3
+    assert np.allclose(await scorer.score("q", docs), first) and inner.pairs == 3
     assert time.perf_counter() - t < 1.0
     store.close()
 
 
-def test_pair_scores_in_memory_without_redis():
+async def test_pair_scores_in_memory_without_redis():
     inner = CountingScorer()
-    scorer = CachedPairScorer(inner, MemoryPairStore(100), ttl_s=60, namespace="m")
-    assert scorer.score("q", []).shape == (0,)
-    scorer.score("q", ["a", "b"])
-    scorer.score("q", ["b", "a"])
+    scorer = CachedPairScorer(Threaded(inner), MemoryPairStore(100), ttl_s=60)
+    assert (await scorer.score("q", [])).shape == (0,)
+    await scorer.score("q", ["a", "b"])
+    await scorer.score("q", ["b", "a"])
     assert inner.pairs == 2
 
 
-async def test_pair_cache_wraps_a_cascade_stage(redis_server, tmp_path):
-    """The registry hook finds a stage's ``scorer`` and puts the cache in front; searches then skip known pairs."""
-    from cascade.controller import Cascade
+async def test_fallback_is_computed_over_the_whole_window_and_never_cached():
+    """Regression: the fallback (lowest score - 1) was computed over the cache misses alone, so an empty
+    document could outrank cached, properly scored ones, and that fallback was then cached."""
+    from cascade.candidates import Candidates
     from cascade.query import Query
-    from cascade.service.registry import wrap_pair_scorers
-    from connectors.embedded import build_index
-    from tests.conftest import TINY_DOCS, tiny_config
-    from tests.service_fixtures import ScorerStage, make_settings
+    from cascade.stages.cross_encoder import CrossEncoderConfig, CrossEncoderStage
 
-    settings = make_settings(tmp_path, tmp_path / "idx")
-    cfg = tiny_config()
-    build_index(cfg, ((i + 1, dict(d)) for i, d in enumerate(TINY_DOCS)), settings, source="tiny.jsonl")
-    casc = Cascade.from_config(cfg, settings)
     inner = CountingScorer()
-    casc.stages.append(ScorerStage(inner, rerank=5))
-    seen: list[tuple[str, int, int]] = []
-    store = RedisPairStore(redis_server.url, timeout_s=0.2)
-    assert wrap_pair_scorers(casc, store, 60, lambda idx, h, m: seen.append((idx, h, m))) == 1
-    assert wrap_pair_scorers(casc, store, 60) == 0  # never wrapped twice
-    a = await casc.search(Query(text="solar electricity", size=5))
-    assert inner.pairs == 5 and seen == [("tiny", 0, 5)]
-    b = await casc.search(Query(text="solar electricity", size=3))
-    assert inner.pairs == 5 and seen[-1] == ("tiny", 5, 0)
-    assert [c for c in b.candidates.ids[:3]] == a.candidates.ids[:3]
-    store.close()
+    store = MemoryPairStore(100)
+    stage = CrossEncoderStage(CrossEncoderConfig(model="m", fields=["text"]),
+                              CachedPairScorer(Threaded(inner), store, ttl_s=60))
+    low, high = "x" * 3, "y" * 90  # CountingScorer scores len % 97: 3 and 90
+    await stage.scorer.score("q", [low, high])  # both cached now
+    docs = [{"text": low}, {"text": high}, {"text": ""}]
+    c = Candidates(ids=["low", "high", "empty"], fields=docs, score=np.array([3.0, 2.0, 1.0]))
+    out = await stage(Query("q"), c, None)
+    assert inner.pairs == 2  # the two known pairs came from the cache, the empty one is never sent
+    assert out.ids == ["high", "low", "empty"]  # the empty document is last, below the cached scores
+    assert out.stage_scores["cross_encoder"][2] == pytest.approx(3 + len("q") / 100 - 1)
+    assert len(store.lru) == 2  # the fallback was not cached
 
 
-def test_real_cross_encoder_stage_exposes_a_wrappable_scorer(models_dir, tmp_path):
-    """Guards the seam the pair cache relies on: the cross-encoder stage scores through ``stage.scorer``."""
-    from cascade.service.registry import wrap_pair_scorers
-    from cascade.stages.cross_encoder import CrossEncoderConfig
+def test_real_cross_encoder_stage_scores_through_its_composed_cache(models_dir, tmp_path):
+    """The builder composes the pair cache in front of the real cross-encoder at build time (nothing rewraps a
+    built stage), and a model retrained in place gets new cache keys and is loaded again."""
+    import shutil
+
     from cascade.stages.base import BuildContext
-    from connectors.score_cache import CachedPairScorer
+    from cascade.stages.cross_encoder import CrossEncoderConfig
     from tests.conftest import tiny_config
     from tests.service_fixtures import make_settings
 
-    settings = make_settings(tmp_path, tmp_path / "idx", models_dir=models_dir)
-    ce = CrossEncoderConfig(model="minilm-l6-ce-v1", max_length=64).build(BuildContext(settings, tiny_config()))
-
-    class One:
-        stages = [ce]
-        config = tiny_config()
-
-    assert wrap_pair_scorers(One, MemoryPairStore(10), 60) == 1  # type: ignore[arg-type]
-    assert isinstance(ce.scorer, CachedPairScorer) and ce.describe()["model"].endswith("minilm-l6-ce-v1")
+    model = tmp_path / "ce"
+    shutil.copytree(models_dir / "minilm-l6-ce-v1", model)
+    settings = make_settings(tmp_path, tmp_path / "idx")
+    store = MemoryPairStore(100)
+    cfg = CrossEncoderConfig(model=str(model), max_length=64)
+    ce = cfg.build(BuildContext(settings, tiny_config(), pair_store=store))
+    assert isinstance(ce.scorer, CachedPairScorer) and ce.describe()["model"].endswith("ce")
     docs = ["Cholesterol raises the risk of heart disease.", "Fish live in the deep sea."]
-    first = ce.scorer.score("cholesterol heart", docs)
-    assert first[0] > first[1] and np.allclose(ce.scorer.score("cholesterol heart", docs), first)
+    first = asyncio.run(ce.scorer.score("cholesterol heart", docs))
+    assert first[0] > first[1] and np.allclose(asyncio.run(ce.scorer.score("cholesterol heart", docs)), first)
+    # Retrained in place: new files, same path. The loaded model and the cache keys must both change.
+    weights = next(p for p in model.iterdir() if p.suffix in (".safetensors", ".bin"))
+    weights.write_bytes(weights.read_bytes())
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    again = cfg.build(BuildContext(settings, tiny_config(), pair_store=store))
+    assert again.model_stamp() != ce.model_stamp()
+    assert again.scorer.inner.runtime.model is not ce.scorer.inner.runtime.model  # loaded again, not cached by path
+    assert again.scorer.key("q", "d") != ce.scorer.key("q", "d")

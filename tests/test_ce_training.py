@@ -12,10 +12,10 @@ from cascade.datasets import corpus_file, iter_corpus, load_qrels, load_queries
 from cascade.errors import CascadeError, ConfigError
 from cascade.settings import Settings, get_settings
 from connectors.embedded import build_index
-from connectors.models import resolve_model
-from connectors.rerankers import load_cross_encoder
+from cascade.models.lookup import resolve_model
+from cascade.models.torch_ce import load_cross_encoder
 from tests.conftest import TINY_DOCS, write_corpus
-from features.ce_training import (
+from features.training.cross_encoder import (
     Recipe,
     groups_digest,
     load_recipe,
@@ -62,11 +62,11 @@ def test_groups_are_one_relevant_then_bm25_hard_negatives_then_random(med):
     groups, stats = mine_groups(recipe().data[0], recipe(), settings)
     assert len(groups) == 40 and stats.groups == 40 and stats.candidates == sum(
         1 for q in qrels.values() for g in q.values() if g >= 1)
+    from cascade.builder import open_cascade
     from cascade.config import load_config
-    from cascade.controller import Cascade
     from cascade.query import Query
 
-    casc = Cascade.from_config(load_config("med", settings.config_dir), settings)
+    casc = open_cascade(load_config("med", settings.config_dir), settings)
     by_text = {v: k for k, v in queries.items()}
     for g in groups:
         assert len(g.docs) == len(g.ids) == 4 and len(set(g.ids)) == 4
@@ -152,7 +152,7 @@ def test_recipe_errors_name_the_file_and_key(tmp_path):
 
 
 def test_shipped_recipe_matches_the_shipped_models_training_notes():
-    rec = load_recipe(Path(__file__).resolve().parent.parent / "features" / "recipes" / "minilm-l6-ce-v1.yaml")
+    rec = load_recipe(Path(__file__).resolve().parent.parent / "features" / "training" / "recipes" / "minilm-l6-ce-v1.yaml")
     assert rec.group_size == 4 and rec.learning_rate == 7e-5 and rec.max_length == 192 and rec.seed == 13
     caps = {d.label: d.cap or d.titles for d in rec.data}
     assert sum(caps.values()) == 4913  # TRAINING.md: 4,913 groups

@@ -12,7 +12,8 @@ import pytest
 from cascade.candidates import Hit
 from cascade.config import parse_config
 from cascade.controller import Cascade
-from cascade.errors import QueryError
+from cascade.builder import open_cascade
+from cascade.errors import AllRetrieversFailed, QueryError
 from cascade.query import Query
 from cascade.stages.base import Reranker
 
@@ -79,8 +80,8 @@ async def test_retrievers_fusion_and_trace():
     assert names == [("bm25", "retriever", 0, 5), ("knn", "retriever", 0, 3), ("fusion", "fusion", 6, 4)]
     assert res.traces[0].ids == ["a", "b", "c", "d", "e"]
     assert all(t.ms >= 0 and t.elapsed_ms >= t.ms for t in res.traces)
-    # fields: knn gave c's fields, the rest were fetched in one call
-    assert docs.calls == [["a", "b", "g"]]
+    # fields: knn gave c's fields; only the page (size 3) is fetched, in one call: g (4th) is never read
+    assert docs.calls == [["a", "b"]]
     assert res.candidates.fields[1] == {"title": "C"}
     hits = res.hits(explain=True)
     assert [h["id"] for h in hits] == ["a", "c", "b"]
@@ -140,7 +141,7 @@ async def test_failing_retriever_degrades():
 async def test_every_retriever_failing_is_an_error():
     c, bm25, knn, _ = make(bm25_fail=True)
     knn.fail = True
-    with pytest.raises(RuntimeError, match="every retriever failed"):
+    with pytest.raises(AllRetrieversFailed, match="every retriever failed"):
         await c.search(Query("q"))
 
 
@@ -227,10 +228,57 @@ def test_disabled_stage_is_not_built(tiny_index):
 
     _, settings = tiny_index
     off = tiny_config(stages=[{"type": "cross_encoder", "model": "no-such-model", "enabled": False}])
-    c = Cascade.from_config(off, settings)
+    c = open_cascade(off, settings)
     assert c.stages == [] and [p["name"] for p in c.plan()] == ["bm25", "knn", "fusion"]
     on = tiny_config(stages=[{"type": "cross_encoder", "model": "no-such-model"}])
     from cascade.errors import ModelNotFound
 
     with pytest.raises(ModelNotFound):
-        Cascade.from_config(on, settings)
+        open_cascade(on, settings)
+
+
+# --- regressions found in review ---------------------------------------------------------------------------------
+
+async def test_response_score_is_monotonic_in_rank():
+    """Regression: the unscored tail kept an earlier stage's scale, so score rose again below the re-scored head."""
+    stage = ScoreBy("s", {"a": 0.2, "c": 0.1}, rerank=2)  # tiny scores; fusion's tail is on a larger scale
+    c, *_ = make([stage])
+    res = await c.search(Query("q", size=4))
+    scores = [h["score"] for h in res.hits()]
+    assert [h["id"] for h in res.hits()] == ["a", "c", "b", "g"]
+    assert all(x >= y for x, y in zip(scores, scores[1:])), scores
+    fusion = next(t for t in res.traces if t.name == "fusion").scores
+    assert scores[2] - scores[3] == pytest.approx(fusion[2] - fusion[3])  # the tail keeps its spacing
+
+
+async def test_stored_fields_are_fetched_only_for_what_a_stage_reads():
+    """Regression: fields of every fused candidate were fetched when the first text-reading stage saw two."""
+
+    class ReadsText(ScoreBy):
+        text_fields = ("title",)
+
+    c, bm25, knn, docs = make([ReadsText("s", {"b": 1.0}, rerank=2)])
+    res = await c.search(Query("q", size=1))
+    assert docs.calls == [["a"]]  # the stage's window is a and c (c came with knn's fields); the page is its top
+    assert res.candidates.ids[0] == "a"
+
+
+async def test_a_combine_source_that_did_not_run_adds_nothing():
+    from cascade.stages.base import Combine
+
+    first = ScoreBy("first", {}, fail=True)
+    second = ScoreBy("second", {"b": 5.0, "a": 1.0}, rerank=3)
+    second.combine = Combine(weights={"second": 1.0, "first": 3.0})
+    c, *_ = make([first, second])
+    res = await c.search(Query("q", size=3))
+    assert res.degraded == ["first"] and res.candidates.ids[0] == "b"
+
+
+def test_a_combine_naming_a_disabled_stage_is_refused_at_start_up():
+    from cascade.config import parse_config
+    from cascade.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages.1.combine.weights.ltr: stage ltr is disabled"):
+        parse_config({"index": "t", "features": {"version": 1}, "stages": [
+            {"type": "ltr", "model": "m", "enabled": False},
+            {"type": "cross_encoder", "model": "m", "combine": {"weights": {"cross_encoder": 1, "ltr": 1}}}]}, "t.yaml")

@@ -4,7 +4,7 @@ import pytest
 
 from cascade.candidates import Hit
 from cascade.controller import Cascade
-from cascade.errors import BackendError
+from cascade.errors import AllRetrieversFailed, BackendError
 from cascade.query import Query
 from cascade.retrieval import MultiRetriever
 from tests.test_controller import Docs, ListRetriever, config
@@ -59,7 +59,7 @@ async def test_a_backend_error_is_raised_and_other_failures_degrade_all():
     with pytest.raises(BackendError, match="does not exist"):
         await c.search(Query("q"))
     c, *_ = make(ConnectionResetError("peer went away"))
-    with pytest.raises(RuntimeError, match="every retriever failed"):
+    with pytest.raises(AllRetrieversFailed, match="every retriever failed"):
         await c.search(Query("q"))
 
 

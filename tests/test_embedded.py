@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cascade.controller import Cascade
+from cascade.builder import open_cascade
 from cascade.errors import ConfigError, CorpusError, IndexNotFound, QueryError
 from cascade.query import Query
 from connectors.embedded import EmbeddedBackend, build_index, index_exists
@@ -149,7 +150,7 @@ def test_missing_index_and_changed_fields(settings, tiny_index):
 
 async def test_cascade_end_to_end_on_tiny_index(tiny_index):
     cfg, settings = tiny_index
-    c = Cascade.from_config(cfg, settings)
+    c = open_cascade(cfg, settings)
     res = await c.search(Query("how do batteries store solar power", size=3, filters={"journal": "Energy"}))
     assert res.hits()[0]["id"] == "d5"
     assert all(h["fields"]["journal"] in ("Energy", ["Energy", "Chemistry"]) for h in res.hits())
@@ -157,3 +158,95 @@ async def test_cascade_end_to_end_on_tiny_index(tiny_index):
     with pytest.raises(QueryError) as e:
         await c.search(Query("solar", filters={"colour": "red"}))
     assert e.value.field == "filters.colour"
+
+
+def _race(fn, n=8):
+    """Call ``fn`` from ``n`` threads released together; their results in thread order."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    out: list = [None] * n
+    errors: list = []
+
+    def worker(i):
+        try:
+            barrier.wait()
+            out[i] = fn()
+        except BaseException as e:  # surfaced below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    return out
+
+
+def test_flat_index_built_once_under_concurrent_first_queries(tiny_index, monkeypatch):
+    import time
+
+    import faiss
+
+    real, built = faiss.IndexFlatIP, []
+
+    def slow_flat(*a):  # widen the window in which an unguarded check-then-build races
+        built.append(1)
+        time.sleep(0.05)
+        return real(*a)
+
+    monkeypatch.setattr(faiss, "IndexFlatIP", slow_flat)
+    b = backend(*tiny_index)
+    got = _race(b.flat)
+    assert len(built) == 1
+    assert all(g is got[0] for g in got) and got[0] is b.flat() and got[0].ntotal == 6
+
+
+def test_hnsw_index_read_once_under_concurrent_first_queries(settings, monkeypatch):
+    import time
+
+    import faiss
+
+    cfg = tiny_config(retrievers={"bm25": {"type": "bm25"}, "knn": {"type": "knn", "k": 6, "exact_max_docs": 2}})
+    build_index(cfg, ((i, dict(d)) for i, d in enumerate(TINY_DOCS)), settings, source="t")
+    real, reads = faiss.read_index, []
+
+    def slow_read(*a):
+        reads.append(1)
+        time.sleep(0.05)
+        return real(*a)
+
+    monkeypatch.setattr(faiss, "read_index", slow_read)
+    b = backend(cfg, settings)
+    got = _race(b.hnsw)
+    assert len(reads) == 1
+    assert got[0] is not None and all(g is got[0] for g in got) and got[0] is b.hnsw()
+
+
+async def test_fetch_many_ids_parses_off_the_event_loop(tiny_index, monkeypatch):
+    import threading
+
+    from connectors.embedded import INLINE_FETCH_ROWS
+
+    b = backend(*tiny_index)
+    real, calls = b.fetch_rows, []
+
+    def recording(rows):
+        calls.append(threading.get_ident())
+        return real(rows)
+
+    monkeypatch.setattr(b, "fetch_rows", recording)
+    known = [d["_id"] for d in TINY_DOCS]
+    ids = (known * (INLINE_FETCH_ROWS // len(known) + 2))[::-1]
+    ids.insert(5, "nope")
+    assert len(ids) - 1 > INLINE_FETCH_ROWS
+    got = await b.fetch(ids)
+    expected = [None if i == "nope" else real([b.row_of[i]])[0] for i in ids]
+    assert got == expected and got[5] is None and len(got) == len(ids)
+    assert len(calls) == 1 and calls[0] != threading.get_ident()
+
+    calls.clear()  # a handful of rows is parsed inline: no thread hop
+    few = await b.fetch(["d2", "nope", "d6"])
+    assert few == [real([1])[0], None, real([5])[0]]
+    assert calls == [threading.get_ident()]

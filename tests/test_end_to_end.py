@@ -5,6 +5,7 @@ import pytest
 
 from cascade.config import parse_config
 from cascade.controller import Cascade
+from cascade.builder import open_cascade
 from cascade.datasets import corpus_file, iter_corpus, load_qrels, load_queries
 from cascade.evaluation import evaluate
 from cascade.query import Query
@@ -41,7 +42,7 @@ def med(tmp_path_factory):
 
 async def test_hybrid_fusion_beats_the_weaker_retriever_on_med(med):
     cfg, settings, folder = med
-    cascade = Cascade.from_config(cfg, settings)
+    cascade = open_cascade(cfg, settings)
     rep = await evaluate(cascade, load_queries(folder), load_qrels(folder, "test"), dataset="med", split="test")
     by = {s.name: s for s in rep.stages}
     assert rep.queries == 30 and set(by) == {"bm25", "knn", "fusion"}
@@ -136,7 +137,7 @@ async def test_cross_encoder_stage_on_real_index(scifact_subset):
     ce_cfg = parse_config({**cfg.model_dump(mode="json"), "stages": [
         {"type": "cross_encoder", "model": "minilm-l6-ce-v1", "rerank": rerank, "keep": 50, "max_length": 128,
          "combine": {"normalize": "zscore", "weights": {"cross_encoder": 1.0, "fusion": 1.0}}}]}, "scifact-subset.yaml")
-    cascade = Cascade.from_config(ce_cfg, settings)
+    cascade = open_cascade(ce_cfg, settings)
     aucs = []
     for qid, text in queries.items():
         res = await cascade.search(Query(text, size=10))
@@ -165,7 +166,7 @@ async def test_cross_encoder_stage_on_real_index(scifact_subset):
 
 def test_cross_encoder_prefers_relevant_abstracts_on_scifact_test(data_dir, models_dir, settings):
     """SciFact test is clean for this model: a judged abstract should outscore a random one."""
-    from connectors.rerankers import load_cross_encoder
+    from cascade.models.torch_ce import load_cross_encoder
 
     folder = data_dir / "scifact"
     queries, qrels = load_queries(folder), load_qrels(folder, "test")
@@ -186,7 +187,7 @@ def test_cross_encoder_prefers_relevant_abstracts_on_scifact_test(data_dir, mode
 
 def test_unreachable_hub_model_fails_with_every_tried_name(settings):
     from cascade.errors import ModelNotFound
-    from connectors.rerankers import load_cross_encoder
+    from cascade.models.torch_ce import load_cross_encoder
 
     with pytest.raises(ModelNotFound) as e:
         load_cross_encoder(["no-such-model", "someone/not-cached-anywhere"], settings, max_length=64, batch_size=4)

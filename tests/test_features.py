@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cascade.controller import Cascade
+from cascade.builder import open_cascade
 from cascade.errors import ConfigError
 from cascade.query import Query
 from connectors.analysis import analyze
@@ -34,8 +35,8 @@ def feat_index(settings):
 
 
 async def features_for(cfg, settings, text, **kw):
-    c = Cascade.from_config(cfg, settings)
-    cands, traces = await c.candidates(c.validate(Query(text, **kw)))
+    c = open_cascade(cfg, settings)
+    cands, traces = await c.candidates(c.validate(Query(text, **kw)), features=True)  # no stage reads them here
     assert traces[-1].name == "features" and not traces[-1].error
     return c, cands, {n: cands.features[:, j] for j, n in enumerate(cands.feature_names)}
 
@@ -182,3 +183,21 @@ def test_ltr_stage_needs_features():
     with pytest.raises(ConfigError) as e:
         tiny_config(stages=[{"type": "ltr", "model": "m"}])
     assert e.value.key == "stages.0" and "features" in e.value.reason
+
+
+async def test_features_are_computed_only_when_an_enabled_stage_reads_them(feat_index):
+    """Regression: the feature matrix was computed for every query, even with no stage that reads it."""
+    from tests.service_fixtures import LengthStage
+
+    cfg, settings = feat_index
+    c = open_cascade(cfg, settings)
+    assert not c.computes_features
+    res = await c.search(Query("solar electricity"))
+    assert "features" not in [t.name for t in res.traces] and res.candidates.features is None
+    c.stages.append(LengthStage())  # reads text, not features: still none
+    assert not c.computes_features
+    reader = LengthStage("reader")
+    reader.reads_features = True
+    c.stages.append(reader)
+    res = await c.search(Query("solar electricity"))
+    assert "features" in [t.name for t in res.traces] and res.candidates.features is not None

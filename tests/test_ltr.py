@@ -9,6 +9,7 @@ import pytest
 
 from cascade.config import parse_config
 from cascade.controller import Cascade
+from cascade.builder import open_cascade
 from cascade.datasets import corpus_file, iter_corpus, load_qrels, load_queries
 from cascade.errors import CascadeError, ConfigError, DatasetError
 from cascade.query import Query
@@ -16,7 +17,7 @@ from cascade.settings import Settings
 from cascade.stages.ltr import LTRModel
 from connectors.embedded import build_index
 from features.logging import log_features
-from features.training import cross_validate, load_logs, train_ltr
+from features.training.ltr import cross_validate, load_logs, train_ltr
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def cran(tmp_path_factory):
     log = root / "cran.parquet"
     import asyncio
 
-    stats = asyncio.run(log_features(Cascade.from_config(cfg, settings), queries, qrels, log, source="cranfield/test"))
+    stats = asyncio.run(log_features(open_cascade(cfg, settings), queries, qrels, log, source="cranfield/test"))
     return cfg, settings, queries, qrels, log, stats
 
 
@@ -62,7 +63,7 @@ async def test_unknown_judged_query_ids_are_an_error(cran, tmp_path):
     cfg, settings, queries, qrels, *_ = cran
     bad = {**{q: qrels[q] for q in list(qrels)[:3]}, "q-404": {"1": 1}}
     with pytest.raises(DatasetError, match="q-404"):
-        await log_features(Cascade.from_config(cfg, settings), queries, bad, tmp_path / "x.parquet", source="t")
+        await log_features(open_cascade(cfg, settings), queries, bad, tmp_path / "x.parquet", source="t")
 
 
 def test_train_writes_text_model_metadata_and_plot_and_serves(cran):
@@ -86,7 +87,7 @@ def test_train_writes_text_model_metadata_and_plot_and_serves(cran):
     assert again.best_iteration == res.best_iteration
 
     served = parse_config({**BASE, "stages": [{"type": "ltr", "model": "cran-ltr", "keep": 30}]}, "cranfield.yaml")
-    c = Cascade.from_config(served, settings)
+    c = open_cascade(served, settings)
     import asyncio
 
     res_q = asyncio.run(c.search(Query(queries["1"], size=5)))
@@ -102,7 +103,7 @@ def test_model_of_another_feature_set_is_refused_at_start_up(cran):
     other = parse_config({**BASE, "features": {"version": "2", "semantic": False},
                           "stages": [{"type": "ltr", "model": "m1"}]}, "cranfield.yaml")
     with pytest.raises(ConfigError) as e:
-        Cascade.from_config(other, settings)
+        open_cascade(other, settings)
     assert e.value.key == "stages.0.model" and "sem.cosine" in e.value.reason and "retrain" in e.value.reason
 
 
@@ -123,7 +124,7 @@ def test_corrupt_unknown_and_missing_models(cran, tmp_path):
         LTRModel.load(unknown)
     missing = parse_config({**BASE, "stages": [{"type": "ltr", "model": "never-trained"}]}, "cranfield.yaml")
     with pytest.raises(ConfigError, match="cascade train ltr"):
-        Cascade.from_config(missing, settings)
+        open_cascade(missing, settings)
 
 
 def test_training_refuses_logs_without_positives(cran, tmp_path):

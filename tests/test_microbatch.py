@@ -19,7 +19,8 @@ import pytest
 from cascade.errors import ConfigError
 from cascade.query import Query
 from cascade.settings import Settings
-from connectors.microbatch import MicroBatchedScorer, MicroBatcher, supports_micro_batch
+from cascade.models.microbatch import MicroBatcher, supports_micro_batch
+from cascade.models.scorers import Batched, CachedPairScorer
 from tests.test_rerankers import POISON
 
 BATCH = 8
@@ -41,7 +42,7 @@ def docs_of(n: int, shift: int = 0) -> list[str]:
 def scorer():
     import os
 
-    from connectors.rerankers import load_cross_encoder
+    from cascade.models.torch_ce import load_cross_encoder
 
     models = os.environ.get("CASCADE_MODELS_DIR")
     if not models or not (Path(models) / "minilm-l6-ce-v1").is_dir():
@@ -129,10 +130,9 @@ async def test_poisoned_documents_cost_only_their_own_request(scorer, counted):
     poisoned, other = await asyncio.gather(batcher.score(Q1, POISON), batcher.score(*clean))
     assert batcher.stats.passes == 1
     np.testing.assert_allclose(other, expected, atol=1e-4)
-    assert poisoned.shape == (len(POISON),) and np.isfinite(poisoned).all()
-    real = poisoned[[0, 1, 2, 3, 7]]
-    # None, "" and blanks get the fallback of *their* request: its own lowest score minus 1.
-    assert poisoned[4] == poisoned[5] == poisoned[6] == real.min() - 1
+    assert poisoned.shape == (len(POISON),) and np.isfinite(poisoned[[0, 1, 2, 3, 7]]).all()
+    # None, "" and blanks are not scored (NaN): the stage gives them its fallback over its whole window.
+    assert np.isnan(poisoned[[4, 5, 6]]).all()
     np.testing.assert_allclose(poisoned, scorer.score(Q1, POISON), atol=1e-4)
 
 
@@ -153,7 +153,7 @@ async def test_a_row_the_model_refuses_is_retried_alone_and_the_other_requests_k
     assert 1 in run.calls  # the batch holding the bad row was retried row by row
     np.testing.assert_allclose(got_b, expected_b, atol=1e-4)
     np.testing.assert_allclose(got_a[[0, 2]], expected_a, atol=1e-4)
-    assert got_a[1] == min(got_a[0], got_a[2]) - 1  # the refused row: its request's fallback
+    assert np.isnan(got_a[1])  # the refused row: not scored; the stage gives it the fallback
 
 
 async def test_a_broken_model_fails_every_waiting_request_then_the_batcher_recovers(scorer, monkeypatch):
@@ -217,22 +217,19 @@ def test_one_batcher_serves_one_event_loop_after_another(scorer):
     assert batcher.stats.passes == 2
 
 
-async def test_a_wrapper_calling_score_from_a_thread_is_micro_batched_too(scorer):
-    """The service wraps stage scorers in a pair-score cache that calls the blocking ``score`` from a thread."""
-    from connectors.microbatch import to_thread
-    from connectors.score_cache import CachedPairScorer, MemoryPairStore
+async def test_the_pair_cache_in_front_of_the_batcher_queues_only_its_misses(scorer):
+    """Composed at build time: cache -> batcher -> model, all async (no thread waits on the event loop)."""
+    from connectors.score_cache import MemoryPairStore
 
-    batcher = MicroBatcher(scorer, max_wait_ms=200, max_pairs=1000)
-    cached = CachedPairScorer(MicroBatchedScorer(scorer, batcher), MemoryPairStore(), 60, "ns")
-    got = await asyncio.gather(to_thread(cached.score, Q1, DOCS), to_thread(cached.score, Q2, docs_of(5)))
-    assert batcher.stats.passes == 1 and batcher.stats.requests == 2
+    batched = Batched(scorer, max_wait_ms=200, max_pairs=1000)
+    cached = CachedPairScorer(batched, MemoryPairStore(), 60)
+    got = await asyncio.gather(cached.score(Q1, DOCS), cached.score(Q2, docs_of(5)))
+    assert batched.batcher.stats.passes == 1 and batched.batcher.stats.requests == 2
     np.testing.assert_allclose(got[0], scorer.score(Q1, DOCS), atol=1e-4)
-    again = await to_thread(cached.score, Q1, DOCS)  # all cached: the batcher is not asked
+    again = await cached.score(Q1, DOCS)  # all cached: the batcher is not asked
     np.testing.assert_allclose(again, got[0])
-    assert batcher.stats.requests == 2
-    # Without a recorded loop (a plain thread, or the caller's own thread) it scores directly.
-    np.testing.assert_allclose(MicroBatchedScorer(scorer, batcher).score(Q3, DOCS), scorer.score(Q3, DOCS))
-    assert batcher.stats.requests == 2
+    assert batched.batcher.stats.requests == 2
+    await cached.close()
 
 
 # --- ONNX Runtime backend ------------------------------------------------------------------------------------------
@@ -241,8 +238,8 @@ async def test_a_wrapper_calling_score_from_a_thread_is_micro_batched_too(scorer
 def onnx_scorer(scorer, tmp_path_factory):  # (scorer: skips without the model)
     import os
 
-    from connectors.onnx_export import export_onnx
-    from connectors.onnx_scorer import load_onnx_cross_encoder
+    from cascade.models.onnx_export import export_onnx
+    from cascade.models.onnx_ce import load_onnx_cross_encoder
 
     settings = Settings(models_dir=Path(os.environ["CASCADE_MODELS_DIR"]))
     out = tmp_path_factory.mktemp("onnx") / "minilm-onnx"
@@ -298,13 +295,14 @@ def test_micro_batch_config_defaults_and_dumps_back():
 
 async def test_a_cascade_with_micro_batch_builds_and_scores_concurrent_searches(tiny_index, models_dir):
     from cascade.controller import Cascade
+    from cascade.builder import open_cascade
     from tests.conftest import tiny_config
 
     _, settings = tiny_index
-    plain = Cascade.from_config(tiny_config(stages=[_ce(dtype="float32")]), settings)
-    batched = Cascade.from_config(tiny_config(stages=[_ce(dtype="float32", micro_batch={"max_wait_ms": 50})]), settings)
+    plain = open_cascade(tiny_config(stages=[_ce(dtype="float32")]), settings)
+    batched = open_cascade(tiny_config(stages=[_ce(dtype="float32", micro_batch={"max_wait_ms": 50})]), settings)
     stage = batched.stages[-1]
-    assert stage.batcher is not None and isinstance(stage.scorer, MicroBatchedScorer)
+    assert isinstance(stage.scorer, Batched)
     texts = ["solar electricity storage", "protein folding", "wind farms", "fish in the deep sea"]
     want = [await plain.search(Query(t, size=10)) for t in texts]
     got = await asyncio.gather(*(batched.search(Query(t, size=10)) for t in texts))
@@ -313,4 +311,5 @@ async def test_a_cascade_with_micro_batch_builds_and_scores_concurrent_searches(
         assert g.candidates.ids[:5] == w.candidates.ids[:5]
         np.testing.assert_allclose(g.candidates.stage_scores["cross_encoder"][:5],
                                    w.candidates.stage_scores["cross_encoder"][:5], atol=1e-4)
-    assert stage.batcher.stats.requests == len(texts) and stage.batcher.stats.passes <= len(texts)
+    stats = stage.scorer.batcher.stats
+    assert stats.requests == len(texts) and stats.passes <= len(texts)

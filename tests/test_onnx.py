@@ -7,6 +7,7 @@ train, TREC DL, Cranfield, MED, CACM and NPL in training (its TRAINING.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from cascade.cli import app
 from cascade.errors import ModelNotFound
 from cascade.settings import Settings, get_settings
-from connectors.onnx_scorer import load_onnx_cross_encoder
+from cascade.models.onnx_ce import load_onnx_cross_encoder
 from tests.test_rerankers import poisoned_documents_check
 
 runner = CliRunner()
@@ -92,7 +93,7 @@ def _scifact_pairs(n_queries: int = 8):
 def test_fp32_matches_torch_and_int8_keeps_the_order_on_scifact_test(onnx_dir, local_settings):
     from scipy.stats import spearmanr
 
-    from connectors.rerankers import load_cross_encoder
+    from cascade.models.torch_ce import load_cross_encoder
 
     pairs = _scifact_pairs()
     torch_ce = load_cross_encoder(["minilm-l6-ce-v1"], local_settings, max_length=256, batch_size=8, dtype="float32")
@@ -124,7 +125,7 @@ def test_stage_config_selects_the_onnx_backend(onnx_dir, tmp_path):
     stage = cfg.build(BuildContext(settings=settings, index=tiny_config()))
     d = stage.describe()
     assert d["backend"] == "onnx" and d["dtype"] == "int8" and d["model"].endswith("model.int8.onnx")
-    s = stage.scorer.score("solar power", ["solar panels make power", "deep sea fish"])
+    s = asyncio.run(stage.scorer.score("solar power", ["solar panels make power", "deep sea fish"]))  # async scorer
     assert s[0] > s[1]
 
 
@@ -147,12 +148,12 @@ def test_exporting_an_unknown_model_fails_with_its_name(tmp_path):
 
 
 def test_bench_scores_the_same_pairs_with_every_backend(onnx_dir, tiny_index, local_settings):
-    from cascade.bench_backends import compare_backends, markdown
-    from cascade.controller import Cascade
-    from connectors.rerankers import load_cross_encoder
+    from cascade.bench.backends import compare_backends
+    from cascade.builder import open_cascade
+    from cascade.models.torch_ce import load_cross_encoder
 
     cfg, settings = tiny_index
-    casc = Cascade.from_config(cfg, settings)
+    casc = open_cascade(cfg, settings)
     queries = {"q1": "solar electricity", "q2": "protein structure", "q3": "fish in the ocean"}
     qrels = {"q1": {"d1": 1, "d5": 1}, "q2": {"d3": 1}, "q3": {"d6": 1}}
     scorers = {
@@ -162,11 +163,11 @@ def test_bench_scores_the_same_pairs_with_every_backend(onnx_dir, tiny_index, lo
         "onnx int8": load_onnx_cross_encoder([str(onnx_dir)], local_settings, onnx_file="model.int8.onnx",
                                              max_length=64),
     }
-    bench = compare_backends(casc, queries, qrels, scorers, ["title", "text"], depth=4)
+    bench = compare_backends(casc, queries, qrels, scorers, ["title", "text"], depth=4, notes=["a note"])
     assert bench.queries == 3 and bench.depth == 4 and bench.pairs_mean == 4 and bench.reference == "torch fp32"
     by = bench.by_name()
     assert by["torch fp32"].spearman == 1.0 and by["torch fp32"].max_abs_diff == 0.0
     assert by["onnx fp32"].max_abs_diff < 1e-3 and by["onnx fp32"].ndcg_10 == by["torch fp32"].ndcg_10
     assert all(r.pairs_per_s > 0 and 0 < r.ndcg_10 <= 1 for r in bench.results)
-    md = markdown(bench, "cascade bench-backends --limit 3", "a machine", ["a note"])
+    md = bench.markdown("cascade bench-backends --limit 3", "a machine")
     assert "Command: `cascade bench-backends --limit 3`" in md and "| onnx int8 |" in md and "a note" in md

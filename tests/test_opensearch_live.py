@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from cascade.controller import Cascade
+from cascade.builder import open_cascade
 from cascade.query import Query
 from tests.conftest import TINY_CONFIG, TINY_DOCS
 
@@ -58,7 +59,7 @@ def live_index(settings):
 
 def test_cascade_end_to_end_with_knn_and_filters(live_index):
     cfg, settings, _ = live_index
-    c = Cascade.from_config(cfg, settings)
+    c = open_cascade(cfg, settings)
     res = asyncio.run(c.search(Query("how do batteries store solar power", size=3, filters={"journal": "Energy"})))
     assert not res.degraded and res.hits()[0]["id"] == "d5"
     assert {h["id"] for h in res.hits()} <= {"d1", "d2", "d5"}
@@ -87,7 +88,7 @@ def test_native_hybrid_query(live_index):
     data = json.loads(json.dumps(TINY_CONFIG))
     data["backend"] = backend_section(name, hybrid_pipeline=pipeline)
     hyb = parse_config(data, "tiny.yaml")
-    res = asyncio.run(Cascade.from_config(hyb, settings).search(Query("solar electricity storage", size=3)))
+    res = asyncio.run(open_cascade(hyb, settings).search(Query("solar electricity storage", size=3)))
     assert not res.degraded and res.hits()[0]["id"] in {"d1", "d5"}
 
     async def drop():

@@ -26,6 +26,7 @@ from itertools import islice
 import pytest
 
 from cascade.controller import Cascade
+from cascade.builder import open_cascade
 from cascade.errors import BackendError, CorpusError
 from cascade.query import Query, validate_query
 from tests.conftest import TINY_CONFIG, TINY_DOCS
@@ -184,7 +185,7 @@ def test_bad_corpus_record_stops_with_its_line(os_url, settings):
 def test_lexical_search_through_the_cascade(os_url, settings):
     cfg = config(os_url)
     load(cfg, settings)
-    c = Cascade.from_config(cfg, settings)
+    c = open_cascade(cfg, settings)
     res = asyncio.run(c.search(Query("the solar panels", size=5)))
     ids = [h["id"] for h in res.hits()]
     assert ids[0] == "d1" and set(ids) == {"d1", "d2", "d5"}  # d1 alone has "panels"; "the" is a stop word
@@ -219,7 +220,7 @@ def test_one_msearch_per_query_and_a_failed_item_degrades_only_its_retriever(pro
     proxy = proxy_for()
     cfg = config(proxy.url, knn=True)
     load(cfg, settings)
-    c = Cascade.from_config(cfg, settings)
+    c = open_cascade(cfg, settings)
     proxy.log.clear()
     res = asyncio.run(c.search(Query("solar panels", size=3)))
     assert proxy.log == [("POST", "/_msearch")]
@@ -428,3 +429,55 @@ def test_cli_index_backend_opensearch(os_url, settings, tmp_path, monkeypatch):
         assert res.exit_code == 2 and "backend.type: opensearch" in res.output
     finally:
         cascade.settings.get_settings.cache_clear()
+
+
+# ---------------------------------------------------------------- a deployment without the heavy extras
+
+NO_TORCH = r'''
+import importlib.abc, json, sys
+BLOCKED = ("torch", "sentence_transformers", "transformers", "faiss", "lightgbm", "onnxruntime")
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, Block())
+import asyncio
+from cascade.builder import open_cascade
+from cascade.config import parse_config
+from cascade.query import Query
+from cascade.settings import Settings
+
+cfg = parse_config(json.loads(sys.argv[1]), "tiny.yaml")
+casc = open_cascade(cfg, Settings(index_dir=sys.argv[2]))
+res = asyncio.run(casc.search(Query("solar electricity storage", size=3)))
+print(json.dumps({"ids": res.candidates.ids[:3], "degraded": res.degraded, "cost": res.cost(),
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
+'''
+
+
+def test_opensearch_with_a_remote_reranker_needs_no_torch(os_url, settings, tmp_path):
+    """The core install serves an OpenSearch index re-ranked by a rerank API: torch, faiss, LightGBM and ONNX
+    Runtime are extras it never imports (here they are made unimportable in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    from tests.test_rerankers import RerankServer
+
+    cfg = config(os_url)
+    load(cfg, settings)
+    tei = RerankServer("tei")
+    try:
+        data = json.loads(cfg.model_dump_json())
+        data["stages"] = [{"type": "cross_encoder", "backend": "tei", "model": "tei-model", "url": tei.url,
+                           "rerank": 5}]
+        out = subprocess.run([sys.executable, "-c", NO_TORCH, json.dumps(data), str(tmp_path)], capture_output=True,
+                             text=True, timeout=120, cwd=str(tmp_path), env={**__import__("os").environ})
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert got["degraded"] == [] and 0 < got["cost"]["pairs"] <= 5 and len(got["ids"]) == 3
+        assert got["loaded"] == [] and len(tei.requests) == 1
+    finally:
+        tei.close()

@@ -8,6 +8,8 @@ sleep or enforce a batch limit. Requests cross a real socket and real JSON.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import re
 import socket
@@ -21,7 +23,7 @@ import pytest
 
 from cascade.errors import CascadeError
 from cascade.query import Query
-from connectors.pair_encoding import PairEncoder, clean_text, fallback_scores
+from cascade.models.pair_encoding import PairEncoder, clean_text, fallback_scores
 from connectors.rerank_api import RemoteReranker, RerankAPIError
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -117,13 +119,18 @@ DOCS = ["wind farms at sea", "solar panels on roofs", "batteries store solar ele
         "solar panels store electricity in batteries"]
 
 
+def rscore(scorer, query, docs):
+    """The remote scorer is async (retries and timeouts bounded by the search's deadline)."""
+    return asyncio.run(scorer.score(query, docs))
+
+
 # --- the three API shapes -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["tei", "cohere", "jina"])
 def test_each_api_shape_sends_its_body_and_scores_in_input_order(serve, kind):
     srv = serve(kind, key="s3cret")
     scorer = RemoteReranker(kind, srv.url, "rr-model", api_key="s3cret", max_batch=16)
-    scores = scorer.score(QUERY, DOCS)
+    scores = rscore(scorer, QUERY, DOCS)
     expected = np.array([overlap(QUERY, d) for d in DOCS]) / (1 if kind == "tei" else 10)
     np.testing.assert_allclose(scores, expected)
     assert list(np.argsort(-scores, kind="stable")) == [4, 2, 1, 0, 3]
@@ -144,27 +151,27 @@ def test_each_api_shape_sends_its_body_and_scores_in_input_order(serve, kind):
 def test_a_url_with_its_own_path_is_used_as_given(serve):
     srv = serve("tei")
     with pytest.raises(RerankAPIError, match="HTTP 404"):
-        RemoteReranker("tei", srv.url + "/custom/rerank", "m").score(QUERY, DOCS[:2])
+        rscore(RemoteReranker("tei", srv.url + "/custom/rerank", "m"), QUERY, DOCS[:2])
     assert srv.requests[0]["path"] == "/custom/rerank"
 
 
 def test_requests_never_exceed_max_batch_and_scores_land_in_place(serve):
     srv = serve("cohere", max_batch=4)
     docs = [f"doc {i} " + ("solar " * (i % 3)) + ("electricity" if i % 2 else "") for i in range(11)]
-    scores = RemoteReranker("cohere", srv.url, "m", max_batch=4).score(QUERY, docs)
+    scores = rscore(RemoteReranker("cohere", srv.url, "m", max_batch=4), QUERY, docs)
     sizes = sorted(len(r["body"]["documents"]) for r in srv.requests)
     assert sizes == [3, 4, 4] and all(r["body"]["top_n"] == len(r["body"]["documents"]) for r in srv.requests)
     np.testing.assert_allclose(scores, [overlap(QUERY, d) / 10 for d in docs])
     # Without splitting, the same server refuses the request: the limit is real.
     with pytest.raises(RerankAPIError, match="HTTP 413"):
-        RemoteReranker("cohere", srv.url, "m", max_batch=32).score(QUERY, docs)
+        rscore(RemoteReranker("cohere", srv.url, "m", max_batch=32), QUERY, docs)
 
 
 # --- retries, timeouts, errors --------------------------------------------------------------------------------------
 
 def test_retries_after_503_then_succeeds(serve):
     srv = serve("tei", fail_first=2, fail_status=503)
-    scores = RemoteReranker("tei", srv.url, "m", retries=2, backoff_s=0.01).score(QUERY, DOCS)
+    scores = rscore(RemoteReranker("tei", srv.url, "m", retries=2, backoff_s=0.01), QUERY, DOCS)
     assert len(srv.requests) == 3
     np.testing.assert_allclose(scores, [overlap(QUERY, d) for d in DOCS])
 
@@ -172,15 +179,44 @@ def test_retries_after_503_then_succeeds(serve):
 def test_429_waits_for_retry_after(serve):
     srv = serve("jina", fail_first=1, fail_status=429, retry_after="0.3")
     t0 = time.monotonic()
-    RemoteReranker("jina", srv.url, "m", retries=1, backoff_s=0.0).score(QUERY, DOCS)
+    rscore(RemoteReranker("jina", srv.url, "m", retries=1, backoff_s=0.0), QUERY, DOCS)
     assert time.monotonic() - t0 >= 0.3 and len(srv.requests) == 2
+
+
+def test_retries_never_wait_past_the_search_deadline(serve):
+    """Regression: retries slept (time.sleep, in a thread) for their backoff whatever the search's deadline."""
+    srv = serve("tei", fail_first=100, fail_status=503, retry_after="5")
+    scorer = RemoteReranker("tei", srv.url, "m", retries=3, backoff_s=2.0)
+    t0 = time.monotonic()
+    with pytest.raises(RerankAPIError, match="HTTP 503 after 1 attempts"):
+        asyncio.run(scorer.score(QUERY, DOCS, deadline=time.monotonic() + 0.5))
+    assert time.monotonic() - t0 < 1.5 and len(srv.requests) == 1
+
+
+async def test_the_remote_client_does_not_block_the_event_loop(serve):
+    """The rerank API client is async: other coroutines run while it waits for the server."""
+    srv = serve("tei", sleep_s=0.3)
+    scorer = RemoteReranker("tei", srv.url, "m")
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    t = asyncio.create_task(tick())
+    await scorer.score(QUERY, DOCS)
+    t.cancel()
+    await scorer.close()
+    assert ticks >= 10
 
 
 def test_gives_up_after_the_retries_naming_url_and_status(serve):
     srv = serve("cohere", fail_first=100, fail_status=502)
     scorer = RemoteReranker("cohere", srv.url, "m", retries=1, backoff_s=0.01)
     with pytest.raises(RerankAPIError) as e:
-        scorer.score(QUERY, DOCS)
+        rscore(scorer, QUERY, DOCS)
     assert len(srv.requests) == 2
     assert e.value.status == 502 and f"{srv.url}/v1/rerank" in str(e.value) and "HTTP 502 after 2 attempts" in str(e.value)
 
@@ -188,7 +224,7 @@ def test_gives_up_after_the_retries_naming_url_and_status(serve):
 def test_client_errors_are_not_retried(serve):
     srv = serve("tei", key="right")
     with pytest.raises(RerankAPIError, match="HTTP 401: .*invalid api key") as e:
-        RemoteReranker("tei", srv.url, "m", api_key="wrong", retries=3, backoff_s=0.01).score(QUERY, DOCS)
+        rscore(RemoteReranker("tei", srv.url, "m", api_key="wrong", retries=3, backoff_s=0.01), QUERY, DOCS)
     assert e.value.status == 401 and len(srv.requests) == 1
 
 
@@ -197,7 +233,7 @@ def test_a_server_that_does_not_answer_times_out_without_retrying(serve):
     scorer = RemoteReranker("tei", srv.url, "m", timeout_s=0.2, retries=3, backoff_s=0.01)
     t0 = time.monotonic()
     with pytest.raises(RerankAPIError) as e:
-        scorer.score(QUERY, DOCS)
+        rscore(scorer, QUERY, DOCS)
     assert time.monotonic() - t0 < 1.0
     assert f"{srv.url}/rerank: no answer within 0.2 s" in str(e.value)
     assert len(srv.requests) == 1
@@ -209,7 +245,7 @@ def test_connection_refused_is_retried_then_named(serve):
         port = s.getsockname()[1]
     scorer = RemoteReranker("tei", f"http://127.0.0.1:{port}", "m", retries=2, backoff_s=0.01)
     with pytest.raises(RerankAPIError, match=rf"http://127.0.0.1:{port}/rerank: ConnectError.*after 3 attempts"):
-        scorer.score(QUERY, DOCS)
+        rscore(scorer, QUERY, DOCS)
 
 
 @pytest.mark.parametrize("answer,message", [
@@ -220,21 +256,21 @@ def test_connection_refused_is_retried_then_named(serve):
 def test_unusable_answers_raise(serve, answer, message):
     srv = serve("tei", answer=answer)
     with pytest.raises(RerankAPIError, match=message):
-        RemoteReranker("tei", srv.url, "m").score(QUERY, DOCS[:2])
+        rscore(RemoteReranker("tei", srv.url, "m"), QUERY, DOCS[:2])
 
 
 def test_documents_are_cleaned_and_empty_ones_are_not_sent(serve):
     srv = serve("tei")
     docs = [None, "solar panels", "", "bad \udcff bytes solar", "nul\x00byte electricity", "x" * 1_000_000, "   "]
     scorer = RemoteReranker("tei", srv.url, "m", max_chars=5000)
-    scores = scorer.score(QUERY, docs)
+    scores = rscore(scorer, QUERY, docs)
     (req,) = srv.requests
     sent = req["body"]["texts"]
     assert sent[0] == "solar panels" and sent[1] == "bad \ufffd bytes solar" and sent[2] == "nul byte electricity"
     assert len(sent) == 4 and len(sent[3]) == 5000
     real = scores[[1, 3, 4, 5]]
     assert list(real) == [2.0, 1.0, 1.0, 0.0]
-    assert scores[0] == scores[2] == scores[6] == real.min() - 1  # the documented fallback
+    assert np.isnan(scores[[0, 2, 6]]).all()  # not sent: the stage gives them its fallback (lowest - 1)
 
 
 # --- config and the factory -----------------------------------------------------------------------------------------
@@ -246,17 +282,16 @@ def ce_config(**kw):
 
 
 def test_api_key_comes_from_the_named_environment_variable(serve, monkeypatch, settings):
-    from connectors.rerankers import load_pair_scorer
 
     srv = serve("jina", key="from-env")
     cfg = ce_config(backend="jina", url=srv.url, api_key_env="CASCADE_TEST_RERANK_KEY", max_batch=2)
     monkeypatch.delenv("CASCADE_TEST_RERANK_KEY", raising=False)
     with pytest.raises(CascadeError, match="CASCADE_TEST_RERANK_KEY, which is not set"):
-        load_pair_scorer(cfg, settings)
+        cfg.load_runtime(settings)
     monkeypatch.setenv("CASCADE_TEST_RERANK_KEY", "from-env")
-    scorer = load_pair_scorer(cfg, settings)
+    scorer = cfg.load_runtime(settings)
     assert isinstance(scorer, RemoteReranker) and scorer.max_batch == 2
-    scorer.score(QUERY, DOCS)
+    rscore(scorer, QUERY, DOCS)
     assert len(srv.requests) == 3 and all(r["headers"]["Authorization"] == "Bearer from-env" for r in srv.requests)
 
 
@@ -293,13 +328,14 @@ def test_dumped_configs_load_back():
 
 async def test_a_failing_rerank_api_degrades_the_stage_and_keeps_the_fusion_order(serve, tiny_index):
     from cascade.controller import Cascade
+    from cascade.builder import open_cascade
     from tests.conftest import tiny_config
 
     cfg, settings = tiny_index
     srv = serve("tei", fail_first=100, fail_status=500)
     staged = tiny_config(stages=[{"type": "cross_encoder", "backend": "tei", "model": "tei-model", "url": srv.url,
                                   "retries": 1, "backoff_s": 0.01, "rerank": 5}])
-    res = await Cascade.from_config(staged, settings).search(Query("solar electricity storage", size=10))
+    res = await open_cascade(staged, settings).search(Query("solar electricity storage", size=10))
     assert res.degraded == ["cross_encoder"]
     ce = res.traces[-1]
     assert "HTTP 500 after 2 attempts" in ce.error and srv.url in ce.error and ce.scored == 0
@@ -309,7 +345,7 @@ async def test_a_failing_rerank_api_degrades_the_stage_and_keeps_the_fusion_orde
     srv_ok = serve("tei")
     staged = tiny_config(stages=[{"type": "cross_encoder", "backend": "tei", "model": "tei-model", "url": srv_ok.url,
                                   "rerank": 5, "max_batch": 2}])
-    res = await Cascade.from_config(staged, settings).search(Query("solar electricity storage", size=10))
+    res = await open_cascade(staged, settings).search(Query("solar electricity storage", size=10))
     assert res.degraded == []
     top = res.candidates.stage_scores["cross_encoder"][:5]
     assert list(top) == sorted(top, reverse=True) and res.traces[-1].scored == 5
@@ -322,7 +358,7 @@ async def test_a_failing_rerank_api_degrades_the_stage_and_keeps_the_fusion_orde
 def tokenizer():
     from tokenizers import Tokenizer
 
-    from connectors.models import default_embedder_path
+    from cascade.models.lookup import default_embedder_path
 
     return Tokenizer.from_file(str(Path(default_embedder_path()) / "tokenizer.json"))
 
@@ -384,7 +420,7 @@ def torch_scorer():
     import os
 
     from cascade.settings import Settings
-    from connectors.rerankers import load_cross_encoder
+    from cascade.models.torch_ce import load_cross_encoder
 
     models = os.environ.get("CASCADE_MODELS_DIR")
     if not models or not (Path(models) / "minilm-l6-ce-v1").is_dir():
@@ -404,8 +440,10 @@ def poisoned_documents_check(scorer, exact: bool = True):
     """``exact``: scores do not depend on batch neighbours (float backends; int8 quantizes activations per batch)."""
     q = "does vitamin d prevent fractures"
     scores = scorer.score(q, POISON)
-    assert scores.shape == (len(POISON),) and np.isfinite(scores).all()
     real = scores[[0, 1, 2, 3, 7]]
+    assert scores.shape == (len(POISON),) and np.isfinite(real).all()
+    assert np.isnan(scores[[4, 5, 6]]).all()  # not scorable: NaN; the stage turns them into its fallback
+    scores = fallback_scores(scores, np.isfinite(scores))
     assert scores[4] == scores[5] == scores[6] == real.min() - 1
     # The megabyte document is cut by tokens: the model sees exactly the tokens of its first few hundred characters.
     encs, _ = scorer.encoder.encode(q, [POISON[1], "vitamin d bone " * 300, "vitamin d  and  bones"])
@@ -432,7 +470,7 @@ def test_torch_scores_do_not_depend_on_batching(torch_scorer):
 
 def test_a_row_the_model_refuses_costs_only_itself(tokenizer):
     """A model call that fails on one row (here: any row holding the word "poison") is retried row by row."""
-    from connectors.pair_encoding import score_pairs
+    from cascade.models.pair_encoding import score_pairs
 
     enc = PairEncoder(tokenizer, 64, 0, NAMES)
     bad = enc.single.encode("poison", add_special_tokens=False).ids[0]
@@ -448,6 +486,7 @@ def test_a_row_the_model_refuses_costs_only_itself(tokenizer):
     scores = score_pairs(enc, "q", docs, 4, model)
     assert calls[0] == 4 and sorted(calls[1:]) == [1, 1, 1, 1]  # the batch failed, then each row alone
     assert scores[0] < scores[3] and scores[2] < scores[0]
-    assert scores[1] == scores[[0, 2, 3]].min() - 1
+    assert np.isnan(scores[1])  # the refused row is not scored; the stage's fallback puts it last
+    assert fallback_scores(scores, np.isfinite(scores))[1] == scores[[0, 2, 3]].min() - 1
     with pytest.raises(RuntimeError, match="cannot score"):  # nothing scorable: the model is broken, raise
         score_pairs(enc, "q", ["poison", "more poison"], 4, model)

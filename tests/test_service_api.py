@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -56,8 +57,10 @@ def test_search_miss_then_hit_with_the_documented_shape(client):
     r = client.post(SEARCH, json={"query": "photovoltaic sunlight", "size": 2})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"index", "config_version", "hits", "total", "degraded", "cache", "request_id", "took_ms"}
+    assert set(body) == {"index", "profile", "config_version", "hits", "total", "degraded", "cache", "request_id",
+                         "took_ms"}
     assert body["index"] == "tiny" and body["config_version"] == "1" and body["cache"] == "miss"
+    assert body["profile"] == "default"
     assert body["hits"][0]["id"] == "d1" and len(body["hits"]) == 2 and body["degraded"] == []
     assert body["hits"][0]["fields"]["title"] == "Solar panels on rooftops"
     assert r.headers["x-request-id"] == body["request_id"]
@@ -220,7 +223,7 @@ def test_overrides_lower_depth_within_config_bounds(client):
     assert fusion["n_out"] == 3 and length["n_in"] == 3 and length["scored"] == 2 and body["total"] == 2
     r = client.post(SEARCH, json={"query": "electricity", "overrides": {"length": {"rerank": 6}}})
     assert r.status_code == 422 and r.json()["error"]["limit"] == 5
-    assert r.json()["error"]["message"] == "at most 5 (what the config declares for length), got 6"
+    assert r.json()["error"]["message"] == "at most 5 (what the profile declares for length), got 6"
     # The shared cascade was not touched by the overridden requests.
     again = client.post(SEARCH, json={"query": "electricity", "explain": True}).json()
     assert again["cache"] == "hit" and again["total"] == 4
@@ -235,7 +238,7 @@ def test_a_failing_stage_degrades_and_is_not_cached(client):
         assert body["hits"][0]["id"] == "d6"  # the ranking before the failed stage
         assert "model server went away" in body["trace"][-1]["error"]
     metrics = client.get("/metrics").text
-    assert 'cascade_degraded_responses_total{index="tiny",step="flaky"} 2.0' in metrics
+    assert 'cascade_degraded_responses_total{index="tiny",profile="default",step="flaky"} 2.0' in metrics
 
 
 def test_every_retriever_failing_is_503_not_500(client):
@@ -311,9 +314,9 @@ def test_metrics_after_searches(client):
     text = client.get("/metrics").text
     for line in ('cascade_cache_lookups_total{index="tiny",result="hit"} 1.0',
                  'cascade_cache_lookups_total{index="tiny",result="miss"} 1.0',
-                 'cascade_search_requests_total{cache="hit",index="tiny",status="200"} 1.0',
-                 'cascade_step_seconds_count{index="tiny",kind="retriever",step="bm25"} 1.0',
-                 'cascade_step_candidates_bucket{index="tiny",kind="fusion",le="10.0",step="fusion"} 1.0',
+                 'cascade_search_requests_total{cache="hit",index="tiny",profile="default",status="200"} 1.0',
+                 'cascade_step_seconds_count{index="tiny",kind="retriever",profile="default",step="bm25"} 1.0',
+                 'cascade_step_candidates_bucket{index="tiny",kind="fusion",le="10.0",profile="default",step="fusion"} 1.0',
                  'cascade_index_ready{index="tiny",version="1"} 1.0'):
         assert line in text, line
 
@@ -324,7 +327,7 @@ def test_openapi_describes_the_api(client):
             "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     req = spec["components"]["schemas"]["SearchRequest"]
     assert {"query", "filters", "size", "from", "explain", "overrides", "user_id", "session_id",
-            "budget_ms"} == set(req["properties"])
+            "budget_ms", "profile"} == set(req["properties"])
     assert req["required"] == ["query"] and req["additionalProperties"] is False
     search = spec["paths"]["/v1/indexes/{index}/search"]["post"]
     assert {"200", "404", "422", "503"} <= set(search["responses"])
@@ -372,3 +375,63 @@ def test_the_container_runs_the_service():
     assert 'CMD ["cascade", "serve", "--host", "0.0.0.0", "--port", "8080"]' in (root / "Dockerfile").read_text()
     svc = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]["cascade"]
     assert svc["command"][:2] == ["cascade", "serve"] and "CASCADE_REDIS_URL=redis://redis:6379/0" in svc["environment"]
+
+
+# --- regressions found in review ---------------------------------------------------------------------------------
+
+def test_a_reload_closes_the_replaced_indexes(make_client):
+    """Regression: a reload closed nothing (HTTP clients, batcher threads, mmaps, cluster sessions)."""
+    client = make_client(admin_api_key="s3cret")
+    old = service(client).registry.entries["tiny"].opened
+    assert client.post(SEARCH, json={"query": "solar"}).status_code == 200
+    r = client.post("/v1/admin/reload", headers={"X-API-Key": "s3cret"})
+    assert r.status_code == 200, r.text
+    new = service(client).registry.entries["tiny"].opened
+    assert new is not old
+    deadline = __import__("time").monotonic() + 10
+    while not old.closed and __import__("time").monotonic() < deadline:
+        client.get("/healthz")  # let the event loop run the close task
+    assert old.closed and old.backend._docs is None and not new.closed
+    assert client.post(SEARCH, json={"query": "wind"}).status_code == 200  # the new generation serves
+
+
+def test_an_unexpected_error_is_a_generic_500_with_the_request_id(client, caplog):
+    """Regression: any unexpected exception became a 503 carrying the exception's text."""
+    casc = service(client).registry.entries["tiny"].cascade
+
+    async def broken(*a, **kw):
+        raise ValueError("secret internals at /srv/cascade/state.py")
+
+    casc.search = broken
+    r = client.post(SEARCH, json={"query": "anything new"}, headers={"X-Request-ID": "req-42"})
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert "secret" not in r.text and err["type"] == "internal" and "req-42" in err["message"]
+    assert any("req-42" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+
+def test_warm_up_does_not_seed_the_cost_model_with_a_cold_run(make_client):
+    """Regression: the warm-up search seeded the stage cost model with a cold run, so early budgeted
+    requests were shrunk for nothing. Warm-up now forgets its first run and learns from a warm one."""
+    import time as _time
+
+    from cascade.stages.base import Reranker
+
+    class ColdOnce(Reranker):
+        kind = "cold_once"
+        calls = 0
+
+        async def score(self, query, candidates, deadline):
+            ColdOnce.calls += 1
+            if ColdOnce.calls == 1:
+                _time.sleep(0.5)  # a cold first call: lazy loading
+            return np.arange(len(candidates), dtype=float)
+
+    client = make_client()
+    state = service(client)
+    entry = state.registry.entries["tiny"]
+    casc = entry.cascade
+    casc.stages.append(ColdOnce("cold"))
+    asyncio.run(state._warm(entry))
+    assert ColdOnce.calls == 2
+    assert casc._costs.estimate("cold", 10) < 100  # milliseconds for 10 candidates: the warm run, not 500 ms

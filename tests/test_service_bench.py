@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from cascade.service import bench
+from cascade.bench import load as loadgen, serve as bench
 from tests.conftest import tiny_config
 from tests.service_fixtures import make_settings, tiny_index_dir  # noqa: F401
 
@@ -32,13 +32,30 @@ Transfer/sec:     40.00MB
 
 
 def test_parse_wrk_output():
-    assert bench.parse_wrk(WRK_OUT) == (28748, 2872.13, pytest.approx(0.95), 6.81, 8)
+    assert loadgen.parse_wrk(WRK_OUT) == (28748, 2872.13, pytest.approx(0.95), 6.81, 8)
 
 
 def test_wrk_script_quotes_any_body(tmp_path):
-    script = bench.wrk_script(['{"query": "a ]] b ]=] c"}', '{"query": "plain"}'], tmp_path / "post.lua").read_text()
+    script = loadgen.wrk_script(['{"query": "a ]] b ]=] c"}', '{"query": "plain"}'], tmp_path / "post.lua").read_text()
     assert 'wrk.method = "POST"' in script and '[==[{"query": "a ]] b ]=] c"}]==]' in script
     assert "request = function()" in script
+
+
+def test_cheap_config_drops_pair_stages_from_every_profile():
+    import yaml
+
+    from cascade.config import dump_config, parse_config
+
+    ce = {"type": "cross_encoder", "model": "m", "rerank": 5}
+    cfg = tiny_config(stages=[ce], profiles={"lite": {"inherit": "default", "fusion": {"keep": 5}}})
+    cheap = bench.cheap_config(cfg, with_cross_encoder=False)
+    assert all(cheap.profile(n).stages == [] for n in cheap.profile_names()) and cheap.stages == []
+    assert cheap.profiles["lite"].fusion.keep == 5 and cheap.cache.enabled
+    again = parse_config(yaml.safe_load(dump_config(cheap)), "tiny.yaml")  # what the service is given
+    assert again.profile_names() == ["default", "lite"]
+    assert all(again.profile(n).stages == [] for n in again.profile_names())
+    kept = bench.cheap_config(cfg, with_cross_encoder=True)
+    assert [s.stage_name for s in kept.profile("lite").stages] == ["cross_encoder"]
 
 
 def test_a_short_real_run(tmp_path, tiny_index_dir):
@@ -52,5 +69,6 @@ def test_a_short_real_run(tmp_path, tiny_index_dir):
     (load,) = r.load
     assert load.requests > 0 and load.errors == 0 and load.hits >= load.requests
     assert load.tool in ("wrk", "python (asyncio + httpx)") and r.cache_backend.startswith("Redis")
-    text = bench.markdown(r, "cascade bench-serve ...", "a machine")
+    text = r.markdown("cascade bench-serve ...", "a machine")
     assert "| 2 | 1 |" in text and "Transport overhead" in text
+    assert r.section()[0] == "service-tiny" and len(r.tables()) == 2

@@ -106,8 +106,8 @@ def test_tight_budget_skips_or_shrinks_the_slow_stage_and_says_so(make_client):
     assert slow_step(body)["scored"] == 5
 
     metrics = client.get("/metrics").text
-    assert 'cascade_budget_cuts_total{action="skipped",index="tiny",step="slow"} 1.0' in metrics
-    assert 'cascade_budget_cuts_total{action="shrunk",index="tiny",step="slow"} 1.0' in metrics
+    assert 'cascade_budget_cuts_total{action="skipped",index="tiny",profile="default",step="slow"} 1.0' in metrics
+    assert 'cascade_budget_cuts_total{action="shrunk",index="tiny",profile="default",step="slow"} 1.0' in metrics
 
 
 def test_budget_cut_answers_are_never_served_from_the_cache(make_client):

@@ -28,11 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cascade.service import errors
 from cascade.service.errors import ApiError
-from cascade.service.overrides import bounds
 from cascade.service.registry import ConfigSource, IndexEntry
 from cascade.service.schemas import (
-    CacheInfo, CascadeInfo, ErrorResponse, Health, IndexInfo, IndexList, IndexReadiness, Readiness, ReloadResponse,
-    SearchRequest, SearchResponse, StepBounds,
+    CacheInfo, CascadeInfo, ErrorResponse, Health, IndexInfo, IndexList, IndexReadiness, ProfileInfo, Readiness,
+    ReloadResponse, SearchRequest, SearchResponse, StepBounds,
 )
 from cascade.service.search import finish, run_search
 from cascade.service.state import ServiceState
@@ -188,12 +187,14 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
                 body = SearchRequest.model_validate_json(raw)
             except ValidationError as exc:
                 raise errors.validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-            stable, cache, budget = await run_search(state, state.entry(index), body)
+            entry = state.entry(index)
+            profile = body.profile or (entry.opened.default_profile if entry.opened else "default")
+            stable, cache, budget = await run_search(state, entry, body, request_id)
         except ApiError as exc:
-            m.child(m.requests, label, str(exc.status), "none").inc()
+            m.child(m.requests, label, "(none)", str(exc.status), "none").inc()
             return exc.status, json.dumps(exc.body(request_id)).encode(), exc.headers or {}
         took = (time.perf_counter() - t0) * 1e3
-        m.child(m.requests, index, "200", cache).inc()
+        m.child(m.requests, index, profile, "200", cache).inc()
         m.child(m.request_seconds, index, cache).observe(took / 1e3)
         return 200, finish(stable, cache, request_id, took, budget), {}
 
@@ -213,6 +214,7 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
         c = e.config
         return IndexInfo(name=e.name, version=c.version, description=c.description, status=e.status, error=e.error,
                          backend=c.backend.type, steps=[*c.retrievers, "fusion", *(s.stage_name for s in c.stages)],
+                         profiles=c.profile_names(), default_profile=c.default_profile,
                          cache=CacheInfo(enabled=c.cache.enabled, ttl_s=c.cache.ttl_s, pair_scores=c.cache.pair_scores))
 
     @app.post("/v1/indexes/{index}/search", response_model=SearchResponse, tags=["search"],
@@ -235,17 +237,24 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
         return IndexList(generation=reg.generation, indexes=[info(reg.entries[n]) for n in reg.names()])
 
     @app.get("/v1/indexes/{index}/cascade", response_model=CascadeInfo, tags=["indexes"], responses=_errors(404),
-             summary="The effective config and the cascade as built")
+             summary="The effective config and every rank profile as built")
     async def describe(index: str) -> CascadeInfo:
         e = state.registry.entries.get(index)
         if e is None:
             state.entry(index)  # raises the 404 naming the indexes
             raise AssertionError("unreachable")
         casc = e.cascade
+        profiles = {
+            n: ProfileInfo(fingerprint=e.fingerprints.get(n), plan=p.plan(),
+                           overrides={k: StepBounds(**v) for k, v in p.bounds().items()})
+            for n, p in (e.opened.profiles.items() if e.opened is not None else [])
+        }
         return CascadeInfo(
             index=e.name, version=e.version, status=e.status, error=e.error, fingerprint=e.fingerprint,
-            config=e.config.model_dump(mode="json"), plan=casc.plan() if casc else None,
-            overrides={k: StepBounds(**v) for k, v in bounds(casc).items()} if casc else {},
+            config=e.config.model_dump(mode="json"), default_profile=e.config.default_profile,
+            plan=casc.plan() if casc else None,
+            overrides={k: StepBounds(**v) for k, v in casc.bounds().items()} if casc else {},
+            profiles=profiles,
         )
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, tags=["admin"], responses=_errors(401, 403, 422),

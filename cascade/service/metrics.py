@@ -24,16 +24,17 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("cascade_search_requests", "Search requests by index and outcome.",
-                                ["index", "status", "cache"], registry=r)
+        self.requests = Counter("cascade_search_requests", "Search requests by index, profile and outcome.",
+                                ["index", "profile", "status", "cache"], registry=r)
         self.request_seconds = Histogram("cascade_search_seconds", "Search request latency in the service.",
                                          ["index", "cache"], buckets=LATENCY_BUCKETS, registry=r)
         self.step_seconds = Histogram("cascade_step_seconds", "Latency of each cascade step (uncached searches).",
-                                      ["index", "step", "kind"], buckets=LATENCY_BUCKETS, registry=r)
+                                      ["index", "profile", "step", "kind"], buckets=LATENCY_BUCKETS, registry=r)
         self.step_candidates = Histogram("cascade_step_candidates", "Candidates each step passed on.",
-                                         ["index", "step", "kind"], buckets=COUNT_BUCKETS, registry=r)
-        self.ce_pairs = Counter("cascade_cross_encoder_pairs", "(query, document) pairs scored by cross-encoders.",
-                                ["index", "stage"], registry=r)
+                                         ["index", "profile", "step", "kind"], buckets=COUNT_BUCKETS, registry=r)
+        self.stage_cost = Counter("cascade_stage_cost", "Work done by stages, in each stage's own cost unit "
+                                  "(pairs for a cross-encoder, rows for LTR, calls or tokens for an LLM).",
+                                  ["index", "profile", "stage", "unit"], registry=r)
         self.cache_lookups = Counter("cascade_cache_lookups", "Result cache lookups by result.",
                                      ["index", "result"], registry=r)
         self.cache_errors = Counter("cascade_cache_errors", "Cache operations that failed or were skipped while "
@@ -44,9 +45,9 @@ class Metrics:
         self.singleflight_shared = Counter("cascade_singleflight_shared", "Uncached requests answered by an identical "
                                            "request's computation.", ["index"], registry=r)
         self.degraded = Counter("cascade_degraded_responses", "Responses built without a failed step.",
-                                ["index", "step"], registry=r)
+                                ["index", "profile", "step"], registry=r)
         self.budget_cuts = Counter("cascade_budget_cuts", "Stages shrunk or skipped to fit a search's latency budget.",
-                                   ["index", "step", "action"], registry=r)
+                                   ["index", "profile", "step", "action"], registry=r)
         self.rejected = Counter("cascade_overload_rejections", "Searches turned away because too many were waiting.",
                                 ["index"], registry=r)
         self.index_ready = Gauge("cascade_index_ready", "1 when the index's cascade is serving.", ["index", "version"],
@@ -64,15 +65,16 @@ class Metrics:
         return c
 
     def observe_result(self, index: str, result: SearchResult) -> None:
+        p = result.profile
         for t in result.traces:
-            self.step_seconds.labels(index, t.name, t.kind).observe(t.ms / 1e3)
-            self.step_candidates.labels(index, t.name, t.kind).observe(t.n_out)
-            if t.kind == "cross_encoder" and not t.error:
-                self.ce_pairs.labels(index, t.name).inc(t.scored)
+            self.step_seconds.labels(index, p, t.name, t.kind).observe(t.ms / 1e3)
+            self.step_candidates.labels(index, p, t.name, t.kind).observe(t.n_out)
+            if t.cost_unit and not t.error:  # whatever the stage's type: it declares its unit
+                self.stage_cost.labels(index, p, t.name, t.cost_unit).inc(t.scored)
             if t.error:
-                self.degraded.labels(index, t.name).inc()
+                self.degraded.labels(index, p, t.name).inc()
             if t.budget_cut:
-                self.budget_cuts.labels(index, t.name, t.budget_cut).inc()
+                self.budget_cuts.labels(index, p, t.name, t.budget_cut).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

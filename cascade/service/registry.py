@@ -1,8 +1,10 @@
-"""The indexes a service answers for: one cascade per config file, each with its own version and fingerprint.
+"""The indexes a service answers for: one opened index per config file, with a cascade per rank profile.
 
 A registry is built whole and then swapped in with one assignment, so a
 request sees either the old generation or the new one, never a mix; requests
-already running finish on the cascade they started with.
+already running finish on the cascade they started with, and the old
+generation's indexes are closed (HTTP clients, batcher threads, mmaps,
+cluster sessions) once the last of those requests is done.
 
 At start-up an index whose backend or models cannot be opened is kept as
 ``unavailable`` with the reason (it answers 503, ``/readyz`` fails) while the
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from cascade.config import IndexConfig, load_config_dir, load_config_file
+from cascade.builder import OpenedIndex, open_index
+from cascade.config import BUILTIN_CONFIG_DIR, IndexConfig, load_config_dir, load_config_file
 from cascade.controller import Cascade
 from cascade.errors import ConfigError
 from cascade.settings import Settings
@@ -33,23 +36,41 @@ Status = Literal["loading", "ready", "unavailable"]
 
 @dataclass(frozen=True)
 class ConfigSource:
-    """Where configs come from: every NAME.yaml in a folder, or a fixed list of files (the demo's one index)."""
+    """Where configs come from: every NAME.yaml in a folder, or a fixed list of files (the demo's one index).
+
+    ``builtin_fallback``: the built-in configs (``cascade/configs``) whose embedded
+    index is built serve too, unless the folder has a config of the same name; a
+    folder that does not exist then just adds nothing (the default of `cascade serve`).
+    """
 
     directory: Path | None = None
     files: tuple[Path, ...] = ()
+    builtin_fallback: bool = False
+    index_dir: Path | None = None  # where built embedded indexes are looked for (builtin_fallback)
 
     def read(self) -> dict[str, tuple[IndexConfig, Path]]:
         """Parse and validate every config; the first bad file raises ConfigError (file, key, reason)."""
-        if self.directory is not None:
-            cfgs = load_config_dir(self.directory)
-            if not cfgs:
-                raise ConfigError(str(self.directory), "", "no NAME.yaml config files; the service would have no index")
-            return {n: (c, self.directory / f"{n}.yaml") for n, c in cfgs.items()}
         out: dict[str, tuple[IndexConfig, Path]] = {}
+        if self.directory is not None:
+            if self.directory.is_dir() or not self.builtin_fallback:
+                cfgs = load_config_dir(self.directory)
+                out.update({n: (c, self.directory / f"{n}.yaml") for n, c in cfgs.items()})
+            if self.builtin_fallback:
+                for p in sorted(BUILTIN_CONFIG_DIR.glob("*.yaml")):
+                    if p.stem not in out and self._built(p.stem):
+                        out[p.stem] = (load_config_file(p), p)
+            if not out:
+                where = str(self.directory) + (" (and no built-in config has a built index)" if self.builtin_fallback else "")
+                raise ConfigError(where, "", "no NAME.yaml config files; the service would have no index "
+                                             "(`cascade index --dataset scifact` builds the demo's)")
+            return out
         for p in self.files:
             c = load_config_file(p)
             out[c.index] = (c, p)
         return out
+
+    def _built(self, name: str) -> bool:
+        return self.index_dir is not None and (Path(self.index_dir) / name / "manifest.json").is_file()
 
     def describe(self) -> str:
         return str(self.directory) if self.directory is not None else ", ".join(map(str, self.files))
@@ -61,14 +82,28 @@ class IndexEntry:
     config: IndexConfig
     source: Path
     status: Status = "loading"
-    cascade: Cascade | None = None
+    opened: OpenedIndex | None = None
     error: str | None = None
-    fingerprint: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)  # per profile
     opened_s: float = 0.0
+    active: int = 0  # searches running on this entry's cascades
+    retired: bool = False  # replaced by a reload: closed once ``active`` drops to 0
 
     @property
     def version(self) -> str:
         return self.config.version
+
+    @property
+    def cascade(self) -> Cascade | None:
+        """The default profile's cascade."""
+        return self.opened.cascade() if self.opened is not None else None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.fingerprints.get(self.opened.default_profile) if self.opened is not None else None
+
+    def profiles(self) -> list[str]:
+        return list(self.opened.profiles) if self.opened is not None else self.config.profile_names()
 
 
 @dataclass
@@ -87,45 +122,26 @@ class Registry:
         return "unavailable" if "unavailable" in states or not states else "ready"
 
 
-def _stamp(path: Any) -> list[Any] | None:
-    """Size and mtime of a model's files, so that a model retrained in place gets new cache keys."""
-    try:
-        p = Path(str(path))
-        if p.is_file():
-            st = p.stat()
-            return [p.name, st.st_size, st.st_mtime_ns]
-        if p.is_dir():
-            return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()]
-    except OSError:
-        return None
-    return None
-
-
 def fingerprint(cascade: Cascade) -> str:
-    """Hash of everything a cached answer depends on besides the request: config, models and the built index."""
-    stamps = []
-    for st in cascade.stages:
-        model = getattr(st, "model", None)
-        scorer = getattr(st, "scorer", None)
-        where = getattr(model, "folder", None) or getattr(scorer, "name", None)
-        stamps.append([st.name, _stamp(where) if where else None])
+    """Hash of everything a cached answer of this profile depends on besides the request.
+
+    The profile's config and plan, every stage's model stamp (weights on disk,
+    as each stage declares it) and the built index's manifest.
+    """
     manifest = getattr(cascade.documents, "manifest", None)
     blob = {
+        "profile": cascade.profile,
         "config": cascade.config.model_dump(mode="json"),
         "plan": cascade.plan(),
-        "models": stamps,
+        "models": [[st.name, st.model_stamp()] for st in cascade.stages],
         "index": {k: manifest.get(k) for k in ("built_at", "docs", "fingerprint", "embedder")} if isinstance(manifest, dict) else None,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def describe_hash(desc: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def open_index(cfg: IndexConfig, source: Path, settings: Settings, pair_store: Any = None,
+def open_entry(cfg: IndexConfig, source: Path, settings: Settings, pair_store: Any = None,
                on_pair_lookup: Callable[[str, int, int], None] | None = None, strict: bool = False) -> IndexEntry:
-    """Open the backend and load the models of one index (blocking: run it in a thread).
+    """Open the backend and load the models of one index, all profiles (blocking: run it in a thread).
 
     ``strict``: a ConfigError propagates (a reload rejects it) instead of
     leaving the index unavailable (start-up keeps serving the others).
@@ -133,7 +149,8 @@ def open_index(cfg: IndexConfig, source: Path, settings: Settings, pair_store: A
     t0 = time.perf_counter()
     entry = IndexEntry(cfg.index, cfg, source)
     try:
-        casc = Cascade.from_config(cfg, settings)
+        entry.opened = open_index(cfg, settings, pair_store=pair_store, on_pair_lookup=on_pair_lookup,
+                                  file=str(source))
     except ConfigError:
         if strict:
             raise
@@ -144,10 +161,7 @@ def open_index(cfg: IndexConfig, source: Path, settings: Settings, pair_store: A
         log.exception("index %s cannot be opened", cfg.index)
         entry.status, entry.error = "unavailable", _reason()
         return entry
-    if cfg.cache.pair_scores and pair_store is not None:
-        wrap_pair_scorers(casc, pair_store, cfg.cache.pair_scores_ttl_s, on_pair_lookup)
-    entry.cascade = casc
-    entry.fingerprint = fingerprint(casc)
+    entry.fingerprints = {n: fingerprint(c) for n, c in entry.opened.profiles.items()}
     entry.opened_s = time.perf_counter() - t0
     return entry
 
@@ -157,27 +171,3 @@ def _reason() -> str:
 
     exc = sys.exc_info()[1]
     return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-
-
-def wrap_pair_scorers(casc: Cascade, store: Any, ttl_s: float,
-                      on_lookup: Callable[[str, int, int], None] | None = None) -> int:
-    """Put a pair-score cache in front of every stage that scores with a ``scorer`` (the cross-encoder).
-
-    Stages expose their scorer as an attribute; wrapping it after the build
-    keeps the stages unaware of caching. Returns how many were wrapped.
-    """
-    from connectors.score_cache import CachedPairScorer
-
-    n = 0
-    for st in casc.stages:
-        scorer = getattr(st, "scorer", None)
-        if scorer is None or not callable(getattr(scorer, "score", None)) or isinstance(scorer, CachedPairScorer):
-            if getattr(st, "kind", None) == "cross_encoder":
-                log.warning("stage %s exposes no scorer; its pair scores are not cached", st.name)
-            continue
-        desc = st.describe() if hasattr(st, "describe") else {"name": st.name, "model": getattr(scorer, "name", "")}
-        hook = (lambda hit, miss, _n=casc.config.index: on_lookup(_n, hit, miss)) if on_lookup else None
-        st.scorer = CachedPairScorer(scorer, store, ttl_s, describe_hash({k: v for k, v in desc.items()
-                                                                          if k not in ("rerank", "keep", "name")}), hook)
-        n += 1
-    return n

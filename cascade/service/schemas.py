@@ -57,6 +57,9 @@ class SearchRequest(BaseModel):
     user_id: StrictStr | None = Field(default=None, max_length=256, description="Caller's user, for logs (not part of the cache key).")
     session_id: StrictStr | None = Field(default=None, max_length=256, description="Caller's session, for logs.")
     explain: StrictBool = Field(default=False, description="Add each step's trace and each hit's retriever and stage scores.")
+    profile: StrictStr | None = Field(default=None, min_length=1, max_length=128,
+                                      description="Rank profile to run (GET /v1/indexes/{index}/cascade lists them); "
+                                                  "default: the index's default_profile.")
     overrides: dict[str, StepOverride] = Field(
         default_factory=dict,
         description='Per step ("fusion" or a stage name): lower keep or rerank for this request, at most the configured value.',
@@ -93,7 +96,8 @@ class TraceStep(BaseModel):
     kind: str = Field(description="retriever, fusion, features or the stage type.")
     n_in: int
     n_out: int
-    scored: int = Field(description="Candidates this step scored (cross-encoder pairs for a cross_encoder stage).")
+    scored: int = Field(description="Work this step did: candidates scored, in the stage's cost_unit.")
+    cost_unit: str | None = Field(default=None, description="Stages: what scored counts (pairs, rows, calls, tokens).")
     ms: float
     elapsed_ms: float
     top: list[TraceTop]
@@ -112,6 +116,7 @@ class BudgetReport(BaseModel):
 
 class SearchResponse(BaseModel):
     index: str
+    profile: str = Field(description="The rank profile that ranked this answer.")
     config_version: str
     hits: list[SearchHit]
     total: int = Field(description="Candidates left after the last step (what from/size page through).")
@@ -150,7 +155,9 @@ class IndexInfo(BaseModel):
     status: Literal["loading", "ready", "unavailable"]
     error: str | None = None
     backend: str
-    steps: list[str]
+    steps: list[str] = Field(description="Steps of the default profile.")
+    profiles: list[str] = Field(default_factory=list, description="Rank profiles a request may name.")
+    default_profile: str = "default"
     cache: CacheInfo
 
 
@@ -164,6 +171,12 @@ class StepBounds(BaseModel):
     rerank: int | None = Field(description="Largest rerank an override may ask for (null: the step has none).")
 
 
+class ProfileInfo(BaseModel):
+    fingerprint: str | None = Field(description="Hash of the profile, its model stamps and the built index: part of cache keys.")
+    plan: list[dict[str, Any]] = Field(description="The profile's cascade as built (what explain mirrors).")
+    overrides: dict[str, StepBounds]
+
+
 class CascadeInfo(BaseModel):
     index: str
     version: str
@@ -171,8 +184,10 @@ class CascadeInfo(BaseModel):
     error: str | None = None
     fingerprint: str | None = Field(description="Hash of the config, the models and the built index: part of cache keys.")
     config: dict[str, Any] = Field(description="The effective config, defaults filled in.")
-    plan: list[dict[str, Any]] | None = Field(description="The cascade as built (what explain mirrors).")
+    default_profile: str = "default"
+    plan: list[dict[str, Any]] | None = Field(description="The default profile's cascade as built (what explain mirrors).")
     overrides: dict[str, StepBounds]
+    profiles: dict[str, ProfileInfo] = Field(default_factory=dict, description="Every rank profile as built.")
 
 
 class ReloadResponse(BaseModel):

@@ -6,9 +6,9 @@ bytes instead of decoding and re-encoding the hits, which is what keeps a hit
 within a few milliseconds on loopback.
 
 Cache keys hash everything the ranking depends on: the index, its config
-version and fingerprint (config, models, built index), the normalized query
-text, the typed filters in a canonical order, size/from, the overrides and
-whether the trace was asked for. User and session ids are not in the key:
+version, the rank profile and its fingerprint (profile config, model stamps,
+built index), the normalized query text, the typed filters in a canonical
+order, size/from, the overrides and whether the trace was asked for. User and session ids are not in the key:
 nothing in a cascade reads them yet.
 
 A latency budget (the request's ``budget_ms``, capped by the index's
@@ -25,26 +25,26 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
-import re
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cascade.controller import Cascade, SearchResult
-from cascade.errors import CascadeError, QueryError
+from cascade.errors import AllRetrieversFailed, CascadeError, OverrideError, QueryError, UnknownProfile
+from cascade.overrides import canonical
 from cascade.query import Query, RangeFilter, TermFilter
 from cascade.service.concurrency import Overloaded
 from cascade.service.errors import ApiError, from_query_error
-from cascade.service.overrides import apply_overrides, canonical
 from cascade.service.schemas import RangeSpec, SearchRequest
+from cascade.text import normalize_query
 
 if TYPE_CHECKING:
     from cascade.service.registry import IndexEntry
     from cascade.service.state import ServiceState
 
-_WS = re.compile(r"\s+")
+log = logging.getLogger(__name__)
 # Dates are epoch seconds; keep them where every backend's date type can hold them (tantivy stores
 # nanoseconds in 64 bits: 1677-09-21 to 2262-04-11), so whole years 1678 to 2261.
 _DATE_MIN = dt.datetime(1678, 1, 1, tzinfo=dt.timezone.utc).timestamp()
@@ -53,8 +53,8 @@ _I64 = 2 ** 63
 
 
 def normalize_text(text: str) -> str:
-    """Same query, same key: Unicode NFKC and runs of whitespace collapsed. Case is kept (models may care)."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    """The query text as every path ranks it (:func:`cascade.text.normalize_query`)."""
+    return normalize_query(text)
 
 
 def _check_unicode(value: str, field: str) -> None:
@@ -102,7 +102,17 @@ def _canonical_filters(query: Query) -> list[Any]:
     return out
 
 
-def build_query(entry: IndexEntry, req: SearchRequest) -> Query:
+def profile_of(entry: IndexEntry, req: SearchRequest) -> Cascade:
+    """The cascade of the request's profile (the index's default_profile when it names none), or 422."""
+    assert entry.opened is not None
+    try:
+        return entry.opened.cascade(req.profile)
+    except UnknownProfile as exc:
+        raise ApiError(422, "profile", f"index {entry.name} has no rank profile {exc.profile!r}; its profiles: "
+                                       f"{', '.join(exc.have)}", "unknown_profile") from None
+
+
+def build_query(entry: IndexEntry, req: SearchRequest, casc: Cascade | None = None) -> Query:
     """The validated query, or ApiError(422) naming the field and the index's limit."""
     lim = entry.config.limits
     _check_unicode(req.query, "query")
@@ -118,18 +128,19 @@ def build_query(entry: IndexEntry, req: SearchRequest) -> Query:
     text = normalize_text(req.query)
     q = Query(text=text, filters=_plain_filters(req.filters), size=req.size, offset=req.from_,
               user_id=req.user_id, session_id=req.session_id)
-    assert entry.cascade is not None
+    casc = casc or profile_of(entry, req)
     try:
-        q = entry.cascade.validate(q)
+        q = casc.validate(q)
     except QueryError as exc:
         raise from_query_error(exc) from None
     _check_filter_values(q)
     return q
 
 
-def result_key(entry: IndexEntry, query: Query, req: SearchRequest) -> str:
-    parts = [entry.name, entry.version, entry.fingerprint, query.text, _canonical_filters(query), query.size,
-             query.offset, canonical(req.overrides), bool(req.explain)]
+def result_key(entry: IndexEntry, query: Query, req: SearchRequest, profile: str | None = None) -> str:
+    profile = profile or (entry.opened.default_profile if entry.opened else "default")
+    parts = [entry.name, entry.version, profile, entry.fingerprints.get(profile), query.text,
+             _canonical_filters(query), query.size, query.offset, canonical(req.overrides), bool(req.explain)]
     blob = json.dumps(parts, separators=(",", ":"), ensure_ascii=False, default=repr)
     digest = hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
     return f"cascade:result:{entry.name}:{digest}"
@@ -197,9 +208,10 @@ class Computed:
 
 
 async def compute(state: ServiceState, entry: IndexEntry, view: Cascade, query: Query, explain: bool,
-                  budget: Budget | None = None) -> Computed:
+                  budget: Budget | None = None, request_id: str = "") -> Computed:
     """Run the cascade (within the admission limit) and encode the stable part of the response."""
     m = state.metrics
+    entry.active += 1
     try:
         async with state.admission.slot():
             m.in_flight.inc()
@@ -212,32 +224,42 @@ async def compute(state: ServiceState, entry: IndexEntry, view: Cascade, query: 
         raise ApiError(503, None, f"overloaded: {exc}", "overloaded", headers={"Retry-After": "1"}) from None
     except QueryError as exc:
         raise from_query_error(exc) from None
+    except AllRetrieversFailed as exc:  # the backend, not the request; its details go to the log only
+        log.error("index %s: every retriever failed (request %s): %s", entry.name, request_id, exc)
+        raise ApiError(503, None, f"index {entry.name}: every retriever failed; the search backend is not "
+                                  f"answering (request {request_id} in the service log)", "search_failed") from None
     except CascadeError as exc:  # a backend refused or failed: not the caller's fault
         status = 502 if getattr(exc, "status", None) else 503
         raise ApiError(status, None, f"index {entry.name}: {exc}", "backend_error") from None
-    except Exception as exc:  # e.g. every retriever failed: the dependencies, not the request
-        raise ApiError(503, None, f"index {entry.name}: search failed: {type(exc).__name__}: {exc}",
-                       "search_failed") from None
+    except Exception as exc:  # a bug: logged with the request id, never shown to the caller
+        log.error("index %s: search failed (request %s)", entry.name, request_id, exc_info=exc)
+        raise ApiError(500, None, f"internal error; request {request_id} is in the service log",
+                       "internal") from None
+    finally:
+        state.release(entry)
     m.observe_result(entry.name, res)
     payload: dict[str, Any] = {
-        "index": entry.name, "config_version": entry.version, "hits": res.hits(explain=explain),
-        "total": len(res.candidates), "degraded": res.degraded,
+        "index": entry.name, "profile": view.profile, "config_version": entry.version,
+        "hits": res.hits(explain=explain), "total": len(res.candidates), "degraded": res.degraded,
     }
     if explain:
         payload["trace"] = [t.as_dict(top=query.offset + query.size) for t in res.traces]
     return Computed(dumps(payload), res.degraded, res)
 
 
-async def run_search(state: ServiceState, entry: IndexEntry,
-                     req: SearchRequest) -> tuple[bytes, str, dict[str, Any] | None]:
+async def run_search(state: ServiceState, entry: IndexEntry, req: SearchRequest,
+                     request_id: str = "") -> tuple[bytes, str, dict[str, Any] | None]:
     """``(stable body, "hit" | "miss", budget report or None)`` for one request."""
-    query = build_query(entry, req)
+    casc = profile_of(entry, req)
+    query = build_query(entry, req, casc)
     budget = effective_budget(entry, req)
-    assert entry.cascade is not None
-    view = apply_overrides(entry.cascade, req.overrides)
+    try:
+        view = casc.with_overrides(req.overrides)
+    except OverrideError as exc:
+        raise ApiError(422, exc.field, exc.message, exc.kind, limit=exc.limit) from None
     m = state.metrics
     cfg = entry.config.cache
-    key = result_key(entry, query, req) if cfg.enabled else None
+    key = result_key(entry, query, req, casc.profile) if cfg.enabled else None
     if key is not None:
         cached = await state.cache.get(key)
         if cached is not None:
@@ -246,7 +268,7 @@ async def run_search(state: ServiceState, entry: IndexEntry,
         m.child(m.cache_lookups, entry.name, "miss").inc()
 
     async def flight() -> Computed:
-        out = await compute(state, entry, view, query, req.explain, budget)
+        out = await compute(state, entry, view, query, req.explain, budget, request_id)
         # A degraded or budget-cut answer is not worth repeating for ttl_s (nor to a caller without the budget).
         if key is not None and not out.degraded and not out.budget_cut:
             await state.cache.set(key, out.body, cfg.ttl_s)

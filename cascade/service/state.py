@@ -19,7 +19,7 @@ from cascade.query import Query
 from cascade.service.concurrency import Admission, SingleFlight
 from cascade.service.errors import ApiError, from_config_error
 from cascade.service.metrics import Metrics
-from cascade.service.registry import ConfigSource, IndexEntry, Registry, open_index
+from cascade.service.registry import ConfigSource, IndexEntry, Registry, open_entry
 from cascade.settings import Settings
 from connectors.cache import ResultCache, make_cache
 
@@ -40,6 +40,7 @@ class ServiceState:
         self.reload_lock = asyncio.Lock()
         self.loader: asyncio.Task | None = None
         self.started_at = time.time()
+        self._closing: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ wiring
 
@@ -83,28 +84,57 @@ class ServiceState:
                 await self.loader
             except (asyncio.CancelledError, Exception):
                 pass
+        for entry in self.registry.entries.values():
+            await self._close(entry)
         await self.cache.close()
         if self.pair_store is not None and hasattr(self.pair_store, "close"):
             self.pair_store.close()
 
     async def _open(self, name: str, cfg: Any, path: Any, strict: bool) -> IndexEntry:
-        entry = await asyncio.to_thread(open_index, cfg, path, self.settings, self._pair_store_for(cfg),
+        entry = await asyncio.to_thread(open_entry, cfg, path, self.settings, self._pair_store_for(cfg),
                                         self._pair_lookup, strict)
         await self._warm(entry)
         return entry
 
     async def _warm(self, entry: IndexEntry) -> None:
-        if entry.cascade is None:
+        """One search per profile, run twice: the first loads lazy parts (the query embedder) and is
+        forgotten by the cost model, the second seeds it, so early budgeted requests are not cut for a cold run."""
+        if entry.opened is None:
             return
-        try:
-            res = await entry.cascade.search(Query(text=WARMUP_QUERY, size=1))
-        except Exception as exc:
-            log.exception("index %s: warm-up search failed", entry.name)
-            entry.status, entry.error = "unavailable", f"warm-up search failed: {type(exc).__name__}: {exc}"
-            return
-        if res.degraded:
-            log.warning("index %s: warm-up search degraded (%s)", entry.name, ", ".join(res.degraded))
+        for name, casc in entry.opened.profiles.items():
+            try:
+                await casc.search(Query(text=WARMUP_QUERY, size=1))
+                casc.reset_costs()
+                res = await casc.search(Query(text=WARMUP_QUERY, size=1))
+            except Exception as exc:
+                log.exception("index %s: warm-up search of profile %s failed", entry.name, name)
+                entry.status, entry.error = "unavailable", f"warm-up search of profile {name} failed: " \
+                                                           f"{type(exc).__name__}: {exc}"
+                return
+            if res.degraded:
+                log.warning("index %s profile %s: warm-up search degraded (%s)", entry.name, name,
+                            ", ".join(res.degraded))
         entry.status = "ready"
+
+    async def _close(self, entry: IndexEntry) -> None:
+        if entry.opened is not None:
+            await entry.opened.close()
+
+    def retire(self, entry: IndexEntry) -> None:
+        """A replaced entry closes when its last running search is done (now, if none is)."""
+        entry.retired = True
+        if entry.active == 0:
+            task = asyncio.create_task(self._close(entry))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def release(self, entry: IndexEntry) -> None:
+        """A search on ``entry`` finished."""
+        entry.active -= 1
+        if entry.retired and entry.active == 0:
+            task = asyncio.create_task(self._close(entry))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _open_all(self, configs: dict[str, Any]) -> None:
         async with self.reload_lock:
@@ -137,14 +167,21 @@ class ServiceState:
                     entry = await self._open(name, cfg, path, strict=True)
                 except ConfigError as exc:
                     self.metrics.reloads.labels("rejected").inc()
+                    for e in new.values():
+                        await self._close(e)
                     raise from_config_error(exc) from None
                 old = self.registry.entries.get(name)
                 if entry.status != "ready" and old is not None and old.status == "ready":
                     self.metrics.reloads.labels("rejected").inc()
+                    for e in (*new.values(), entry):
+                        await self._close(e)
                     raise ApiError(422, None, f"index {name}: {entry.error}; the running cascades keep serving",
                                    "reload_rejected", file=str(path))
                 new[name] = entry
+            old = self.registry
             self.registry = Registry(new, self.registry.generation + 1)  # the swap: one assignment
+            for e in old.entries.values():
+                self.retire(e)
             self.metrics.index_ready.clear()  # indexes (and versions) that went away stop being reported
             for e in new.values():
                 self._publish(e)
@@ -163,7 +200,7 @@ class ServiceState:
             raise ApiError(404, "index", f"unknown index {name!r}; this service has: {have}", "unknown_index")
         if entry.status == "loading":
             raise ApiError(503, "index", f"index {name!r} is still loading", "loading", headers={"Retry-After": "2"})
-        if entry.status != "ready" or entry.cascade is None:
+        if entry.status != "ready" or entry.opened is None:
             raise ApiError(503, "index", f"index {name!r} is unavailable: {entry.error}", "unavailable")
         return entry
 

@@ -1,16 +1,17 @@
-"""Stage registry: a new stage is one module plus one line in STAGE_CONFIGS.
+"""Stages: the contract (:mod:`cascade.stages.base`), the registry, and one module per built-in type.
 
-Each entry is the stage's pydantic config class; its ``type`` literal is the
-name used in cascade YAML files and its ``build`` method makes the stage.
+A new stage type is one module plus one ``register_stage`` line below.
 """
 
-from cascade.stages.base import BuildContext, Reranker, Stage, StageConfigBase, apply_scores
+from cascade.stages.base import BuildContext, Combine, Reranker, Stage, StageConfigBase, apply_scores
+from cascade.stages.registry import STAGE_TYPES, StageItem, register_stage
 from cascade.stages.cross_encoder import CrossEncoderConfig
 from cascade.stages.ltr import LTRConfig
 
-STAGE_CONFIGS: list[type[StageConfigBase]] = [
-    CrossEncoderConfig,
-    LTRConfig,
-]
+register_stage(CrossEncoderConfig)
+register_stage(LTRConfig)
 
-__all__ = ["STAGE_CONFIGS", "BuildContext", "Reranker", "Stage", "StageConfigBase", "apply_scores"]
+STAGE_CONFIGS = list(STAGE_TYPES.values())  # the built-in ones, in registration order
+
+__all__ = ["STAGE_CONFIGS", "STAGE_TYPES", "BuildContext", "Combine", "Reranker", "Stage", "StageConfigBase",
+           "StageItem", "apply_scores", "register_stage"]

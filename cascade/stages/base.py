@@ -1,16 +1,34 @@
-"""The stage protocol and the re-rank window every scoring stage shares.
+"""The stage contract and the re-rank window every scoring stage shares.
 
-A stage is one object with one async call: candidates in, candidates out,
-re-scored and cut. Like a Vespa phase, a stage scores the top ``rerank``
-candidates it is given (all of them by default); those it scored rank above
-those it did not, which keep the previous order. Then the list is cut to
-``keep``.
+A stage type is one module: a pydantic config class (its ``type`` literal is
+the name in YAML) and the stage it builds. Everything the rest of the system
+asks of a stage is declared there, so config checks, the service, overrides,
+metrics, evaluation, ``explain`` and the benchmarks never test a stage's type:
+
+- ``cost_unit``: what the stage's ``scored`` count measures (``pairs`` for a
+  cross-encoder, ``rows`` for LTR, ``calls`` or ``tokens`` for an LLM); traces,
+  metrics and evaluation report cost in that unit.
+- ``reads_features`` / ``text_fields()``: the feature matrix is computed only
+  when an enabled stage reads it, and stored fields are fetched only for the
+  window of a stage that reads them, when it runs.
+- ``pair_cacheable``: its scores depend on (query, document text) only, so the
+  builder may put the pair-score cache in front of its scorer, keyed by the
+  scorer's model stamp.
+- ``validate_index(index, key)``: start-up checks against the index config.
+- At run time: ``describe()`` (what ``explain`` and the plan show),
+  ``model_stamp()`` (part of cache keys and fingerprints) and ``close()``.
+
+Like a Vespa phase, a stage scores the top ``rerank`` candidates it is given
+(all by default); those rank above the rest, which keep the previous order
+shifted below them, so ``score`` never increases down the list. Then the list
+is cut to ``keep``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,26 +36,85 @@ from pydantic import BaseModel, ConfigDict, Field
 from cascade.candidates import Candidates, stable_order
 
 if TYPE_CHECKING:
-    from cascade.config import IndexConfig
     from cascade.query import Query
     from cascade.settings import Settings
+
+
+class IndexView(Protocol):
+    """What a stage may read of its index's config (``cascade.config.IndexConfig`` provides it)."""
+
+    index: str
+    fields: Mapping[str, Any]
+    retrievers: Mapping[str, Any]
 
 
 @runtime_checkable
 class Stage(Protocol):
     name: str
-    kind: str  # the config type, e.g. "cross_encoder": how evaluation counts its cost
+    kind: str  # the config type, e.g. "cross_encoder"
+    cost_unit: str  # what ``scored`` counts: pairs, rows, calls, tokens
+    rerank: int | None
+    keep: int | None
+    reads_features: bool
+    text_fields: tuple[str, ...]
 
     async def __call__(self, query: "Query", candidates: Candidates, deadline: float | None) -> Candidates: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def model_stamp(self) -> str | None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
 class BuildContext:
-    """What a stage may need to build itself: settings (model folders) and its index's config."""
+    """What a stage may need to build itself, shared by every profile of one opened index.
+
+    ``scorer`` composes a pair scorer (runtime, micro-batcher, pair-score cache)
+    and memoizes it by key, so two profiles naming the same model share one
+    loaded model, one batcher and one cache namespace.
+    """
 
     settings: "Settings"
-    index: "IndexConfig"
-    feature_names: list[str] | None = None  # the index's feature set, for stages that score features
+    index: Any  # the IndexConfig (typed loosely: stages must not import cascade.config)
+    feature_names: list[str] | None = None  # the profile's feature set, for stages that score features
+    file: str = ""  # the config file, for errors
+    key: str = "stages"  # key path of the stage being built, e.g. "profiles.ce-deep.stages.1"
+    pair_store: Any = None  # where pair scores are cached (None: not cached)
+    pair_ttl_s: float = 86_400
+    on_pair_lookup: Callable[[str, int, int], None] | None = None  # (index, found, scored)
+    _scorers: dict[Any, Any] = field(default_factory=dict)
+
+    def at(self, key: str, feature_names: list[str] | None = None) -> "BuildContext":
+        """The same context (same memoized scorers) for the stage at ``key``."""
+        return dataclasses.replace(self, key=key, feature_names=feature_names)
+
+    def scorer(self, key: Any, load: Callable[[], Any], *, micro_batch: Any = None, cacheable: bool = False) -> Any:
+        """The composed scorer for ``key`` (built once per opened index): see :mod:`cascade.models.scorers`."""
+        got = self._scorers.get(key)
+        if got is None:
+            from cascade.models.scorers import compose
+
+            hook = None
+            if self.on_pair_lookup is not None:
+                name, on = self.index.index, self.on_pair_lookup
+                hook = lambda hit, miss: on(name, hit, miss)  # noqa: E731
+            store = self.pair_store if cacheable else None
+            got = self._scorers[key] = compose(load(), micro_batch=micro_batch, store=store, ttl_s=self.pair_ttl_s,
+                                               on_lookup=hook)
+        return got
+
+    def shared(self, key: Any, load: Callable[[], Any]) -> Any:
+        """Anything else a stage loads (an LTR model, a client), once per opened index under ``key``."""
+        key = ("shared", key)
+        if key not in self._scorers:
+            self._scorers[key] = load()
+        return self._scorers[key]
+
+    def scorers(self) -> list[Any]:
+        """Every composed scorer (what closing the index closes)."""
+        return [v for k, v in self._scorers.items() if not (isinstance(k, tuple) and k and k[0] == "shared")]
 
 
 class Combine(BaseModel):
@@ -55,19 +132,33 @@ class Combine(BaseModel):
 
 
 class StageConfigBase(BaseModel):
-    """Fields every stage config has. A stage's own config subclasses this and adds ``type``."""
+    """Fields every stage config has; a stage's own config subclasses this and adds ``type``."""
 
     model_config = ConfigDict(extra="forbid")
+
+    cost_unit: ClassVar[str] = "rows"
+    reads_features: ClassVar[bool] = False
+    pair_cacheable: ClassVar[bool] = False
 
     name: str | None = Field(default=None, description="Name in traces and evaluation (default: the type).")
     rerank: int | None = Field(default=None, ge=1, le=10_000, description="Score only the top N incoming.")
     keep: int | None = Field(default=None, ge=1, le=10_000, description="Pass on at most N candidates.")
     combine: Combine | None = Field(default=None, description="Order by a weighted sum of normalized scores.")
-    enabled: bool = Field(default=True, description="Per-index gate: false turns the stage off for this index.")
+    enabled: bool = Field(default=True, description="Per-profile gate: false turns the stage off.")
 
     @property
     def stage_name(self) -> str:
         return self.name or self.type  # type: ignore[attr-defined]
+
+    def text_fields(self) -> list[str]:
+        """Stored fields this stage reads (fetched for its window only, when it runs)."""
+        return []
+
+    def validate_index(self, index: IndexView, key: str) -> None:
+        """Start-up checks against the index; raise ``ValueError("KEY.PATH: reason")``."""
+        for f in self.text_fields():
+            if f not in index.fields:
+                raise ValueError(f"{key}.fields: unknown field {f!r} (fields: {sorted(index.fields)})")
 
     def build(self, ctx: BuildContext) -> Stage:  # pragma: no cover - every subclass overrides
         raise NotImplementedError
@@ -86,22 +177,44 @@ def _normalize(x: np.ndarray, how: str) -> np.ndarray:
 
 
 def combined(candidates: Candidates, own: np.ndarray, name: str, combine: "Combine") -> np.ndarray:
-    """The weighted sum of normalized scores over the window (the first ``len(own)`` candidates)."""
+    """The weighted sum of normalized scores over the window (the first ``len(own)`` candidates).
+
+    A source that did not run for this query (skipped by the budget, failed, or
+    cut by a prefix) adds nothing: the others still order the window.
+    """
     n = len(own)
     total = np.zeros(n)
     for src, w in combine.weights.items():
-        col = own if src == name else candidates.stage_scores[src][:n]
+        if src == name:
+            col = own
+        elif src in candidates.stage_scores:
+            col = candidates.stage_scores[src][:n]
+        else:
+            continue
         col = np.where(np.isnan(col), np.nanmin(col) if np.isfinite(col).any() else 0.0, col)
         total += w * _normalize(col, combine.normalize)
     return total
 
 
+def below(head_scores: np.ndarray, tail_scores: np.ndarray) -> np.ndarray:
+    """``tail_scores`` shifted so that the highest is 1 below the lowest of ``head_scores`` (spacing kept)."""
+    tail = np.asarray(tail_scores, dtype=np.float64)
+    head = np.asarray(head_scores, dtype=np.float64)
+    if not len(tail) or not np.isfinite(head).any() or not np.isfinite(tail).any():
+        return tail
+    floor = np.nanmin(head[np.isfinite(head)])
+    top = np.nanmax(tail[np.isfinite(tail)])
+    return tail - (top - floor) - 1.0 if top >= floor else tail
+
+
 def apply_scores(candidates: Candidates, scores: np.ndarray, name: str, keep: int | None,
                  combine: "Combine | None" = None) -> Candidates:
-    """Reorder the first ``len(scores)`` candidates by ``scores``; the rest follow in their order.
+    """Reorder the first ``len(scores)`` candidates by ``scores``; the rest follow in their order, below.
 
     ``stage_scores[name]`` keeps the stage's own score; with ``combine`` the order
-    (and ``score``) follows the combination instead.
+    (and ``score``) follows the combination instead. The unscored rest keeps
+    its previous order and spacing, shifted below the lowest re-scored hit, so
+    the response's ``score`` is monotonic in rank.
     """
     n, total = len(scores), len(candidates)
     scores = np.asarray(scores, dtype=np.float64)
@@ -111,19 +224,32 @@ def apply_scores(candidates: Candidates, scores: np.ndarray, name: str, keep: in
     own[:n], final[:n] = scores, rank_by
     out = candidates.take(order)
     out.stage_scores[name] = own[order]
-    scored = ~np.isnan(out.stage_scores[name])
-    out.score = np.where(scored, final[order], out.score)
+    out.score = np.concatenate([final[order][:n], below(rank_by, out.score[n:])])
     out.scored[name] = n
     return out.head(keep)
 
 
 class Reranker:
-    """Base for stages that assign one score per candidate; subclasses implement :meth:`score`."""
+    """Base for stages that assign one score per candidate; subclasses implement :meth:`score`.
+
+    Built from a config (:meth:`from_config`) it takes the contract's
+    declarations from the config class; tests may also build one by hand.
+    """
 
     kind = "reranker"
+    cost_unit = "rows"
+    reads_features = False
+    text_fields: tuple[str, ...] = ()
 
-    def __init__(self, name: str, rerank: int | None, keep: int | None, combine: Combine | None = None):
+    def __init__(self, name: str, rerank: int | None = None, keep: int | None = None,
+                 combine: Combine | None = None):
         self.name, self.rerank, self.keep, self.combine = name, rerank, keep, combine
+
+    def _declare(self, cfg: StageConfigBase) -> None:
+        self.kind = cfg.type  # type: ignore[attr-defined]
+        self.cost_unit = cfg.cost_unit
+        self.reads_features = cfg.reads_features
+        self.text_fields = tuple(cfg.text_fields())
 
     async def score(self, query: "Query", candidates: Candidates, deadline: float | None) -> np.ndarray:
         raise NotImplementedError
@@ -136,7 +262,14 @@ class Reranker:
         return apply_scores(candidates, scores, self.name, self.keep, self.combine)
 
     def describe(self) -> dict[str, Any]:
-        d = {"name": self.name, "type": self.kind, "rerank": self.rerank, "keep": self.keep}
+        d: dict[str, Any] = {"name": self.name, "type": self.kind, "rerank": self.rerank, "keep": self.keep,
+                             "cost_unit": self.cost_unit}
         if self.combine is not None:
             d["combine"] = f"{self.combine.normalize}: " + " + ".join(f"{w:g}*{k}" for k, w in self.combine.weights.items())
         return d
+
+    def model_stamp(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        return None

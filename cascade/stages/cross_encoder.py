@@ -1,31 +1,31 @@
 """Cross-encoder stage: reads query and document together, the most accurate and the costliest phase.
 
 Where the model runs is the ``backend`` key: torch or ONNX Runtime in this
-process, or a rerank API over HTTP. Every backend is a
-:class:`connectors.rerankers.PairScorer`, so the stage itself only builds
-texts and orders. With ``micro_batch`` a local backend scores concurrent requests
-together, in shared passes (:mod:`connectors.microbatch`).
+process, or a rerank API over HTTP (``remote:``, a
+:class:`cascade.endpoints.RemoteEndpoint`). The stage only builds texts and
+orders: its scorer comes composed from the build context (runtime,
+micro-batcher, pair-score cache; :mod:`cascade.models.scorers`). Cost is
+counted in pairs; scores depend on (query, document text) only, so they may be
+cached per pair under the scorer's model stamp.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cascade.candidates import Candidates
+from cascade.endpoints import RemoteEndpoint, fold_flat_keys
+from cascade.models.pair_encoding import CHARS_PER_TOKEN_CAP, fallback_scores
 from cascade.stages.base import BuildContext, Reranker, StageConfigBase
-from connectors import microbatch
 
 REMOTE = ("tei", "cohere", "jina")
-log = logging.getLogger(__name__)
 
 
 class MicroBatch(BaseModel):
-    """Score concurrent requests together (local backends): see connectors/microbatch.py."""
+    """Score concurrent requests together (local backends): see cascade/models/microbatch.py."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,9 +35,12 @@ class MicroBatch(BaseModel):
 
 
 class CrossEncoderConfig(StageConfigBase):
+    cost_unit: ClassVar[str] = "pairs"
+    pair_cacheable: ClassVar[bool] = True
+
     type: Literal["cross_encoder"] = "cross_encoder"
     backend: Literal["torch", "onnx", "tei", "cohere", "jina"] = Field(
-        default="torch", description="torch / onnx: run here; tei, cohere, jina: a rerank API at `url`.")
+        default="torch", description="torch / onnx: run here; tei, cohere, jina: a rerank API at `remote.url`.")
     model: str = Field(description="torch: path, folder under CASCADE_MODELS_DIR, or hub name; onnx: an exported "
                                    "folder; remote: the model name sent to the API.")
     fallback: list[str] = Field(default_factory=list, description="Tried in order when `model` cannot be loaded.")
@@ -49,29 +52,23 @@ class CrossEncoderConfig(StageConfigBase):
     )
     onnx_file: Literal["model.onnx", "model.int8.onnx"] = Field(
         default="model.onnx", description="onnx: float32 graph or its dynamically quantized int8 copy.")
-    url: str | None = Field(default=None, description="Remote backends: the API's base URL or full endpoint.")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
-    timeout_s: float = Field(default=10.0, gt=0, le=600, description="Remote: per request.")
+    remote: RemoteEndpoint | None = Field(default=None, description="Remote backends: the rerank API (url, "
+                                          "api_key_env, timeout_s, retries, backoff_s, max_concurrency).")
     max_batch: int = Field(default=32, ge=1, le=10_000, description="Remote: most documents in one request.")
-    retries: int = Field(default=2, ge=0, le=10, description="Remote: retries after 429, 5xx or a refused connection.")
-    backoff_s: float = Field(default=0.2, ge=0, le=60, description="Remote: first retry delay; doubles each time.")
     micro_batch: MicroBatch | None = Field(
         default=None, description="torch / onnx: merge concurrent requests into shared passes; unset: per request.")
 
     @model_validator(mode="before")
     @classmethod
-    def _no_secrets(cls, data):
-        if isinstance(data, dict) and "api_key" in data:
-            raise ValueError("api_key: never put secrets in the config; set api_key_env to the name of an "
-                             "environment variable that holds it")
-        return data
+    def _flat_remote_keys(cls, data: Any) -> Any:
+        return fold_flat_keys(data)  # `url: ...` at the top level still works
 
     @model_validator(mode="after")
     def _keys_fit_backend(self) -> "CrossEncoderConfig":
         # Checked on values, not on which keys were written, so that `cascade config show` output loads back.
-        if self.backend in REMOTE and not self.url:
+        if self.backend in REMOTE and self.remote is None:
             raise ValueError(f"backend {self.backend} needs `url` (the rerank API's address)")
-        if self.backend not in REMOTE and (self.url or self.api_key_env):
+        if self.backend not in REMOTE and self.remote is not None:
             raise ValueError(f"url and api_key_env are for backends {', '.join(REMOTE)}, not {self.backend}")
         if self.backend != "onnx" and self.onnx_file != "model.onnx":
             raise ValueError("`onnx_file` applies to backend onnx only")
@@ -82,38 +79,59 @@ class CrossEncoderConfig(StageConfigBase):
             raise ValueError("`dtype` applies to backend torch only (onnx: choose the file with `onnx_file`)")
         return self
 
-    def build(self, ctx: BuildContext) -> "CrossEncoderStage":
-        from connectors.rerankers import load_pair_scorer
+    def text_fields(self) -> list[str]:
+        return list(self.fields)
 
-        return CrossEncoderStage(self, load_pair_scorer(self, ctx.settings))
+    def scorer_key(self) -> tuple:
+        """What makes two stages' scorers the same one (profiles differing in rerank/keep/combine share it)."""
+        return ("cross_encoder", self.backend, self.model, tuple(self.fallback), self.batch_size, self.max_length,
+                self.dtype, self.onnx_file, self.remote.model_dump_json() if self.remote else None, self.max_batch,
+                self.micro_batch.model_dump_json() if self.micro_batch else None)
+
+    def load_runtime(self, settings: Any) -> Any:
+        """The model behind the scorer: a blocking local runtime, or an async rerank API client."""
+        if self.backend == "torch":
+            from cascade.models.torch_ce import load_cross_encoder
+
+            return load_cross_encoder([self.model, *self.fallback], settings, max_length=self.max_length,
+                                      batch_size=self.batch_size, dtype=self.dtype)
+        if self.backend == "onnx":
+            from cascade.models.onnx_ce import load_onnx_cross_encoder
+
+            return load_onnx_cross_encoder([self.model, *self.fallback], settings, onnx_file=self.onnx_file,
+                                           max_length=self.max_length, batch_size=self.batch_size)
+        from connectors.rerank_api import RemoteReranker
+
+        assert self.remote is not None  # checked above
+        return RemoteReranker.from_endpoint(self.backend, self.remote, self.model, max_batch=self.max_batch,
+                                            max_chars=self.max_length * CHARS_PER_TOKEN_CAP,
+                                            who=f"cross_encoder {self.stage_name}")
+
+    def build(self, ctx: BuildContext) -> "CrossEncoderStage":
+        scorer = ctx.scorer(self.scorer_key(), lambda: self.load_runtime(ctx.settings),
+                            micro_batch=self.micro_batch, cacheable=self.pair_cacheable)
+        return CrossEncoderStage(self, scorer)
 
 
 class CrossEncoderStage(Reranker):
-    kind = "cross_encoder"
-
-    def __init__(self, cfg: CrossEncoderConfig, scorer):
+    def __init__(self, cfg: CrossEncoderConfig, scorer: Any):
         super().__init__(cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine)
-        self.batcher: microbatch.MicroBatcher | None = None
-        if cfg.micro_batch is not None:
-            if microbatch.supports_micro_batch(scorer):
-                self.batcher = microbatch.MicroBatcher(scorer, cfg.micro_batch.max_wait_ms, cfg.micro_batch.max_pairs)
-                # Still a blocking PairScorer, so that wrappers (the service's pair-score cache) keep working.
-                scorer = microbatch.MicroBatchedScorer(scorer, self.batcher)
-            else:
-                log.warning("cross-encoder %s cannot score several requests at once; micro_batch is ignored",
-                            getattr(scorer, "name", scorer))
+        self._declare(cfg)
         self.cfg, self.scorer = cfg, scorer
 
     async def score(self, query, candidates: Candidates, deadline: float | None) -> np.ndarray:
         docs = [candidates.text(i, self.cfg.fields) for i in range(len(candidates))]
-        if self.batcher is None:
-            # Tokenization and inference (or the HTTP round trips) block: a thread keeps the event loop free.
-            return await asyncio.to_thread(self.scorer.score, query.text, docs)
-        if isinstance(self.scorer, microbatch.MicroBatchedScorer):  # not wrapped: straight to the queue
-            return await self.batcher.score(query.text, docs)
-        # Wrapped after the build (pair-score cache): the wrapper runs in a thread and queues its misses here.
-        return await microbatch.to_thread(self.scorer.score, query.text, docs)
+        raw = np.asarray(await self.scorer.score(query.text, docs, deadline), dtype=np.float64)
+        # Documents that could not be scored (empty, refused) rank below every scored one of this window,
+        # cached scores included; the fallback itself is never cached.
+        return fallback_scores(raw, np.isfinite(raw))
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {**super().describe(), "backend": self.cfg.backend, "model": self.scorer.name,
                 "max_length": self.cfg.max_length, "dtype": getattr(self.scorer, "dtype", None)}
+
+    def model_stamp(self) -> str | None:
+        return self.scorer.stamp
+
+    async def close(self) -> None:
+        await self.scorer.close()

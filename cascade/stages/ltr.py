@@ -10,34 +10,45 @@ start-up, not discovered through bad rankings.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
 from cascade.candidates import Candidates
 from cascade.errors import ConfigError
-from cascade.stages.base import BuildContext, Reranker, StageConfigBase
+from cascade.extras import require
+from cascade.models.lookup import file_stamp
+from cascade.stages.base import BuildContext, IndexView, Reranker, StageConfigBase
 
 MODEL_FORMAT = "cascade-ltr/lightgbm-text/1"
 
 
 class LTRConfig(StageConfigBase):
+    cost_unit: ClassVar[str] = "rows"
+    reads_features: ClassVar[bool] = True
+
     type: Literal["ltr"] = "ltr"
     model: str = Field(description="Model folder (model.txt + model.json): a path, or a name under "
                                    "CASCADE_TRAINED_DIR or CASCADE_MODELS_DIR.")
 
+    def validate_index(self, index: IndexView, key: str) -> None:
+        super().validate_index(index, key)
+        if getattr(index, "features", None) is None:
+            raise ValueError(f"{key}: an ltr stage needs a `features:` section declaring its feature set")
+
     def build(self, ctx: BuildContext) -> "LTRStage":
-        where = f"{ctx.index.index}.yaml"
-        key = f"stages.{[s.stage_name for s in ctx.index.stages].index(self.stage_name)}.model"
+        where = ctx.file or f"{ctx.index.index}.yaml"
+        key = f"{ctx.key}.model"
         folder = resolve_model_dir(self.model, ctx.settings)
         if folder is None:
             raise ConfigError(where, key, f"model {self.model!r} not found as a path, under "
                               f"{ctx.settings.trained_dir} or under {ctx.settings.models_dir}; "
                               f"train one with `cascade train ltr`")
-        model = LTRModel.load(folder)
+        model = ctx.shared(("ltr", str(folder.resolve()), file_stamp(folder)), lambda: LTRModel.load(folder))
         model.check_features(ctx.feature_names, where, key)
         return LTRStage(self, model)
 
@@ -57,7 +68,7 @@ class LTRModel:
 
     @classmethod
     def load(cls, folder: Path) -> "LTRModel":
-        import lightgbm as lgb
+        lgb = require("lightgbm", "ltr", "an ltr stage")
 
         meta_path, model_path = folder / "model.json", folder / "model.txt"
         try:
@@ -103,7 +114,9 @@ class LTRStage(Reranker):
 
     def __init__(self, cfg: LTRConfig, model: LTRModel):
         super().__init__(cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine)
+        self._declare(cfg)
         self.cfg, self.model = cfg, model
+        self._stamp = "ltr:" + hashlib.sha256(repr((str(model.folder), file_stamp(model.folder))).encode()).hexdigest()[:16]
 
     async def score(self, query, candidates: Candidates, deadline: float | None) -> np.ndarray:
         if candidates.features is None or candidates.feature_names != self.model.feature_names:
@@ -115,3 +128,6 @@ class LTRStage(Reranker):
     def describe(self):
         return {**super().describe(), "model": str(self.model.folder),
                 "features": len(self.model.feature_names)}
+
+    def model_stamp(self) -> str | None:
+        return self._stamp

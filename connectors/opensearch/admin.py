@@ -175,7 +175,7 @@ async def load_corpus(
     embed = None
     dim = None
     if uses_vectors(cfg):
-        from connectors.models import load_embedder
+        from cascade.models.embedder import load_embedder
 
         e = cfg.embedder
         embedder = await asyncio.to_thread(load_embedder, e.model, settings, e.max_length, e.batch_size, e.dtype)

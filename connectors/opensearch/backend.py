@@ -53,7 +53,7 @@ class OpenSearchBackend:
     def embedder(self):
         with self._emb_lock:
             if self._embedder is None:
-                from connectors.models import load_embedder
+                from cascade.models.embedder import load_embedder
 
                 e = self.cfg.embedder
                 self._embedder = load_embedder(e.model, self.settings, e.max_length, e.batch_size, e.dtype)
@@ -170,8 +170,11 @@ class OpenSearchBackend:
         self._stats[key] = (now + self.b.stats_ttl_s, stats)
         return stats
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
+        """Close the cluster session of this event loop (a reload calls this)."""
         await self.cluster.close()
+
+    aclose = close
 
 
 class OpenSearchRetriever:

@@ -8,6 +8,7 @@ the torch backend uses, so both score identical token ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -17,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import ModelNotFound
+from cascade.extras import require
 from cascade.settings import Settings
-from connectors.pair_encoding import PairEncoder, score_pairs, score_requests
+from cascade.models.lookup import file_stamp
+from cascade.models.pair_encoding import PairEncoder, score_pairs, score_requests
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class OnnxCrossEncoder:
         self.max_length = min(max_length, int(meta.get("max_length") or 512))
         self.encoder = PairEncoder(tokenizer, self.max_length, int(meta.get("pad_token_id") or 0), names)
         self.output = session.get_outputs()[0].name
+        blob = repr((self.name, file_stamp(folder / onnx_file), file_stamp(folder), self.max_length)).encode()
+        self.stamp = "onnx:" + hashlib.sha256(blob).hexdigest()[:16]
 
     def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         out = self.session.run([self.output], inputs)[0]
@@ -82,6 +87,7 @@ def open_session(path: Path, threads: int) -> Any:
 def load_onnx_cross_encoder(specs: list[str], settings: Settings, onnx_file: str = "model.onnx",
                             max_length: int = 256, batch_size: int = 32, threads: int | None = None) -> OnnxCrossEncoder:
     """The first spec that names an exported folder holding ``onnx_file``; the error lists every spec and why."""
+    require("onnxruntime", "onnx", "a cross_encoder stage with backend onnx")
     from tokenizers import Tokenizer
 
     threads = threads or default_threads(settings)
@@ -97,7 +103,7 @@ def load_onnx_cross_encoder(specs: list[str], settings: Settings, onnx_file: str
             tried.append(f"{spec}: {folder} has no {onnx_file} (it has {have})")
             continue
         try:
-            key = (str(path), threads)
+            key = (str(path), file_stamp(path), threads)  # re-exported in place: a new session
             with _lock:
                 session = _sessions.get(key)
             if session is None:

@@ -11,7 +11,7 @@ relevant document as the target): a pointwise binary loss collapsed to the
 base rate on this data (see the shipped model's TRAINING.md). The loop is
 written here rather than through sentence-transformers' trainer because the
 pairs must be tokenized exactly as the serving path tokenizes them
-(:class:`connectors.pair_encoding.PairEncoder`: query kept first, document cut
+(:class:`cascade.models.pair_encoding.PairEncoder`: query kept first, document cut
 by tokens), and because the trainer would add ``datasets`` and ``accelerate``
 for a loop of forty lines. The result is a Hugging Face model folder
 (safetensors, tokenizer, config) that the ``cross_encoder`` stage loads by
@@ -171,6 +171,7 @@ def mine_groups(spec: DataSpec, recipe: Recipe, settings: Any,
     """Training groups from one data source, hard negatives from its index's ``recipe.miner``."""
     from cascade.config import load_config
     from cascade.controller import Cascade
+    from cascade.builder import open_cascade
     from cascade.datasets import load_qrels, load_queries, locate_dataset
 
     rng = random.Random(f"{recipe.seed}:{spec.label}")
@@ -183,7 +184,7 @@ def mine_groups(spec: DataSpec, recipe: Recipe, settings: Any,
         raise CascadeError(f"miner {recipe.miner!r}: index {index!r} has retrievers "
                            f"{', '.join(cfg.retrievers)} (or use `fusion`)")
     # Mining needs the first stage only: no features, no stages (whose models may be the one being trained).
-    cascade = Cascade.from_config(cfg.model_copy(update={"stages": [], "features": None}), settings)
+    cascade = open_cascade(cfg.model_copy(update={"stages": [], "features": None}), settings)
 
     # (query text, positive id, ids never to use as negatives, text fields of the positive)
     items: list[tuple[str, str, set[str], list[str]]] = []
@@ -267,9 +268,9 @@ def train_cross_encoder(recipe: Recipe, groups: list[Group], out: Path, settings
     from sentence_transformers import CrossEncoder
     from transformers import get_linear_schedule_with_warmup
 
-    from connectors.models import resolve_model
-    from connectors.pair_encoding import PairEncoder
-    from connectors.rerankers import model_token_limit
+    from cascade.models.lookup import resolve_model
+    from cascade.models.pair_encoding import PairEncoder
+    from cascade.models.torch_ce import model_token_limit
 
     if not groups:
         raise CascadeError("no training groups")
@@ -305,7 +306,7 @@ def train_cross_encoder(recipe: Recipe, groups: list[Group], out: Path, settings
     ]
     opt = torch.optim.AdamW(params, lr=recipe.learning_rate)
     sched = get_linear_schedule_with_warmup(opt, int(round(recipe.warmup * total)), total)
-    from connectors.models import cpu_has_native_bf16
+    from cascade.models.lookup import cpu_has_native_bf16
 
     bf16 = recipe.precision == "bfloat16" or (recipe.precision == "auto" and cpu_has_native_bf16())
     net.train()

@@ -13,36 +13,28 @@ thread, so tokenization and inference stay off the event loop and model calls
 never run two at a time. Each caller gets its own scores.
 
 Faults stay per request: a poisoned document gets its own request's fallback
-score (see :func:`connectors.pair_encoding.score_requests`); a broken model
+score (see :func:`cascade.models.pair_encoding.score_requests`); a broken model
 fails every request of that pass with the exception, and the next pass tries
 again. A caller that is cancelled while it waits is dropped, not scored; one
 cancelled during a pass simply never reads its result.
 
-:class:`MicroBatchedScorer` is the same batcher behind the blocking
-``PairScorer`` interface, for wrappers that call ``score`` from a worker thread
-(the service's pair-score cache): the call is handed to the batcher on the
-caller's event loop, so wrapped stages are micro-batched too.
+:class:`cascade.models.scorers.Batched` puts a batcher in a stage's scorer at
+build time, under the pair-score cache when there is one (the cache awaits
+the batcher for its misses: nothing waits on the loop from a thread).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-# The event loop of the stage that called a (possibly wrapped) MicroBatchedScorer from a worker thread.
-_CALLER_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
-    "cascade_microbatch_loop", default=None)
 
 
 @runtime_checkable
@@ -211,47 +203,3 @@ class MicroBatcher:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
-
-
-class MicroBatchedScorer:
-    """A blocking ``PairScorer`` that routes ``score`` through a :class:`MicroBatcher`.
-
-    Called from a worker thread started by :func:`to_thread` (which records the caller's event
-    loop), the request joins the batcher's queue on that loop and the thread waits for its
-    scores. Called any other way (no loop recorded, or from the loop's own thread, where waiting
-    would deadlock) it scores directly with the wrapped scorer, as an unbatched scorer would.
-    Every other attribute (``dtype``, ``encoder``, ``batch_size``) is the wrapped scorer's.
-    """
-
-    def __init__(self, inner: MultiRequestScorer, batcher: MicroBatcher):
-        self.inner, self.batcher, self.name = inner, batcher, inner.name
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr in ("inner", "batcher"):  # not set yet (copy, pickle): no recursion
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
-
-    def score(self, query: str, docs: list[str]) -> np.ndarray:
-        loop = _CALLER_LOOP.get()
-        if loop is None or loop.is_closed() or not loop.is_running() or _on_loop(loop):
-            return self.inner.score(query, docs)
-        return asyncio.run_coroutine_threadsafe(self.batcher.score(query, docs), loop).result()
-
-    def score_many(self, requests: list[tuple[str, list[str]]]) -> list[np.ndarray]:
-        return self.inner.score_many(requests)
-
-
-async def to_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``asyncio.to_thread`` that tells a :class:`MicroBatchedScorer` inside ``fn`` which loop to queue on."""
-    token = _CALLER_LOOP.set(asyncio.get_running_loop())
-    try:
-        return await asyncio.to_thread(fn, *args)
-    finally:
-        _CALLER_LOOP.reset(token)

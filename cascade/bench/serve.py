@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from rich.table import Table
 
+from cascade.bench.common import BenchResult, head_lines, pct
+from cascade.bench.load import (LoadResult, cpu_seconds, free_port, metric, py_load, run_wrk, start_redis, stop,
+                                wait_for, wrk_script)
 from cascade.config import IndexConfig, dump_config
 from cascade.errors import CascadeError
 from cascade.query import Query
@@ -38,22 +39,7 @@ from cascade.settings import Settings
 
 
 @dataclass
-class LoadResult:
-    tool: str
-    concurrency: int
-    duration_s: float
-    requests: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    hits: int = 0  # cache hits the service counted during the run
-    service_cpu_us: float | None = None  # CPU time of the service process per request (contention-free cost)
-    redis_cpu_us: float | None = None
-
-
-@dataclass
-class ServiceBench:
+class ServiceBench(BenchResult):
     index: str
     cascade: str
     cache_backend: str
@@ -69,140 +55,18 @@ class ServiceBench:
     redis_version: str | None = None
     wrk_version: str | None = None
 
+    def tables(self) -> list[Table]:
+        """Cache hits under load, then the uncached searches."""
+        return _tables(self)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    def table(self) -> Table:
+        return _tables(self)[0]
 
+    def section(self) -> tuple[str, str]:
+        return f"service-{self.index}", "HTTP service: cache hits under load, uncached searches through HTTP and in-process"
 
-def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise CascadeError(f"benchmark: timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str] | None:
-    """A throw-away redis-server on a free loopback port, or None when it is not installed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    _wait(up, 15, "redis-server")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()
-    v = next((w.split("=", 1)[1] for w in version if w.startswith("v=")), "?")
-    return proc, f"redis://127.0.0.1:{port}/0", v
-
-
-def _unit_ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
-    if not m:
-        raise ValueError(f"cannot read wrk latency {text!r}")
-    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
-
-
-def parse_wrk(out: str) -> tuple[int, float, float, float, int]:
-    """(requests, requests/s, p50 ms, p99 ms, non-2xx + socket errors) from `wrk --latency` output."""
-    reqs = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    pct = {m.group(1): _unit_ms(m.group(2)) for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M)}
-    errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if sock:
-        errors += sum(int(x) for x in sock.groups())
-    return reqs, rps, pct["50"], pct["99"], errors
-
-
-def wrk_script(bodies: list[str], path: Path) -> Path:
-    """A Lua script for wrk that POSTs ``bodies`` in turn (wrk alone only GETs one URL)."""
-    def lua(s: str) -> str:
-        level = 0
-        while f"]{'=' * level}]" in s:
-            level += 1
-        return f"[{'=' * level}[{s}]{'=' * level}]"
-
-    path.write_text("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
-                    f"local bodies = {{{', '.join(lua(b) for b in bodies)}}}\nlocal i = 0\n"
-                    "request = function()\n  i = i % #bodies + 1\n  return wrk.format(nil, nil, nil, bodies[i])\nend\n")
-    return path
-
-
-def run_wrk(url: str, script: Path, concurrency: int, duration_s: int) -> LoadResult:
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60).stdout
-    reqs, rps, p50, p99, errors = parse_wrk(out)
-    return LoadResult("wrk", concurrency, duration_s, reqs, rps, p50, p99, errors)
-
-
-async def _py_load(url: str, bodies: list[bytes], concurrency: int, duration_s: float) -> LoadResult:
-    import httpx
-
-    lat: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
-        deadline = time.perf_counter() + duration_s
-
-        async def worker(k: int) -> None:
-            nonlocal errors
-            i = k
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                r = await client.post(url, content=bodies[i % len(bodies)], headers={"Content-Type": "application/json"})
-                lat.append((time.perf_counter() - t) * 1e3)
-                errors += r.status_code != 200
-                i += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        took = time.perf_counter() - t0
-    return LoadResult("python (asyncio + httpx)", concurrency, duration_s, len(lat), len(lat) / took,
-                      float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), errors)
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), None where it cannot be read."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(got.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    def markdown(self, command: str, machine: str) -> str:
+        return markdown(self, command, machine)
 
 
 def cheap_config(cfg: IndexConfig, with_cross_encoder: bool) -> IndexConfig:
@@ -211,9 +75,22 @@ def cheap_config(cfg: IndexConfig, with_cross_encoder: bool) -> IndexConfig:
     The version makes every run's cache keys new, so the uncached pass is a
     real miss even against a Redis that kept an earlier run's entries.
     """
-    stages = cfg.stages if with_cross_encoder else [s for s in cfg.stages if s.type != "cross_encoder"]
-    cache = cfg.cache.model_copy(update={"enabled": True, "ttl_s": 3600})
-    return cfg.model_copy(update={"stages": stages, "cache": cache, "version": f"{cfg.version}+bench{int(time.time())}"})
+    def kept(stages: list) -> list:
+        return list(stages) if with_cross_encoder else [s for s in stages if s.cost_unit != "pairs"]
+
+    # Every profile (the top level is the default one): the service opens them all.
+    profiles = {n: p.model_copy(update={"stages": kept(p.stages)}) for n, p in cfg.profiles.items()}
+    update = {"stages": kept(cfg.stages), "profiles": profiles,
+              "cache": cfg.cache.model_copy(update={"enabled": True, "ttl_s": 3600}),
+              "version": f"{cfg.version}+bench{int(time.time())}"}
+    return cfg.model_copy(update=update)
+
+
+def _plan(cfg: IndexConfig) -> str:
+    prof = cfg.profile()
+    stages = prof.enabled_stages()
+    features = prof.features is not None and any(s.reads_features for s in stages)
+    return " → ".join([*cfg.retrievers, "fusion", *(["features"] if features else []), *(s.stage_name for s in stages)])
 
 
 def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency: list[int], duration_s: int,
@@ -221,8 +98,7 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
     import httpx
 
     texts = list(dict.fromkeys(q.strip() for q in queries if q.strip()))
-    plan = " → ".join([*cfg.retrievers, "fusion", *(["features"] if cfg.features else []), *(s.stage_name for s in cfg.stages)])
-    res = ServiceBench(cfg.index, plan, "", len(texts), min(cached_bodies, len(texts)))
+    res = ServiceBench(cfg.index, _plan(cfg), "", len(texts), min(cached_bodies, len(texts)))
     res.loadavg_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="cascade-bench-"))
     redis_proc = None
@@ -263,7 +139,7 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
                 raise CascadeError(f"index {cfg.index} cannot be served: {r['indexes'][cfg.index]['error']}")
             return r["status"] == "ready"
 
-        _wait(ready, 600, "the service to be ready")
+        wait_for(ready, 600, "the service to be ready")
         search_url = f"{base}/v1/indexes/{cfg.index}/search"
         bodies = [json.dumps({"query": t, "size": size}) for t in texts]
 
@@ -271,7 +147,8 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
         with httpx.Client(timeout=120) as http, asyncio.Runner() as runner:
             # Interleaved per query (and alternating which goes first), so that whatever else loads the machine
             # weighs on both paths alike; the service idles while this process searches and the other way round.
-            casc = runner.run(_open_cascade(cfg, settings))
+            opened = runner.run(_open(cfg, settings))
+            casc = opened.cascade()
             for i, (text, b) in enumerate(zip(texts, bodies)):
                 for path in (("http", "local") if i % 2 == 0 else ("local", "http")):
                     if path == "local":
@@ -292,7 +169,8 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
                     out = r.json()
                     res.misses += out["cache"] == "miss"
                     res.server_uncached_ms.append(out["took_ms"])
-            del casc
+            runner.run(opened.close())
+            del casc, opened
 
             script = wrk_script(bodies[:res.cached_bodies], tmp / "post.lua")
             have_wrk = shutil.which("wrk") is not None
@@ -300,13 +178,13 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
                 res.wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
             for c in concurrency:
                 on_step(f"(a) cache hits: {'wrk' if have_wrk else 'python load generator'}, {c} connections, {duration_s} s")
-                before = _metric(http.get(base + "/metrics").text, "cascade_cache_lookups_total", index=cfg.index, result="hit")
+                before = metric(http.get(base + "/metrics").text, "cascade_cache_lookups_total", index=cfg.index, result="hit")
                 cpu0 = (cpu_seconds(service.pid), cpu_seconds(redis_proc.pid if redis_proc else None))
                 if have_wrk:
                     lr = run_wrk(search_url, script, c, duration_s)
                 else:
-                    lr = asyncio.run(_py_load(search_url, [b.encode() for b in bodies[:res.cached_bodies]], c, duration_s))
-                after = _metric(http.get(base + "/metrics").text, "cascade_cache_lookups_total", index=cfg.index, result="hit")
+                    lr = asyncio.run(py_load(search_url, [b.encode() for b in bodies[:res.cached_bodies]], c, duration_s))
+                after = metric(http.get(base + "/metrics").text, "cascade_cache_lookups_total", index=cfg.index, result="hit")
                 lr.hits = int(after - before)
                 cpu1 = (cpu_seconds(service.pid), cpu_seconds(redis_proc.pid if redis_proc else None))
                 if cpu0[0] is not None and cpu1[0] is not None and lr.requests:
@@ -314,32 +192,49 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
                 if cpu0[1] is not None and cpu1[1] is not None and lr.requests:
                     lr.redis_cpu_us = (cpu1[1] - cpu0[1]) / lr.requests * 1e6
                 res.load.append(lr)
-        _stop(service)
+        stop(service)
         service = None
     finally:
-        _stop(service)
-        _stop(redis_proc)
+        stop(service)
+        stop(redis_proc)
         shutil.rmtree(tmp, ignore_errors=True)
     res.loadavg_end = os.getloadavg()
     return res
 
 
-async def _open_cascade(cfg: IndexConfig, settings: Settings):
-    from cascade.controller import Cascade
+async def _open(cfg: IndexConfig, settings: Settings):
+    """The index opened in this process (blocking model loads in a thread), its default profile warmed up."""
+    from cascade.builder import open_index
 
-    casc = await asyncio.to_thread(Cascade.from_config, cfg, settings)
-    await casc.search(Query(text="cascade warm-up query", size=1))
-    return casc
+    opened = await asyncio.to_thread(open_index, cfg, settings, profiles=[cfg.default_profile])
+    await opened.cascade().search(Query(text="cascade warm-up query", size=1))
+    return opened
+
+
+def _tables(r: ServiceBench) -> list[Table]:
+    t = Table(title=f"cache hits through HTTP ({r.load[0].tool if r.load else '-'}; cache: {r.cache_backend})")
+    for c in ("connections", "requests/s", "p50 ms", "p99 ms", "hits", "errors", "service CPU µs/req"):
+        t.add_column(c, justify="right")
+    for x in r.load:
+        t.add_row(str(x.concurrency), f"{x.rps:,.0f}", f"{x.p50_ms:.2f}", f"{x.p99_ms:.2f}", str(x.hits), str(x.errors),
+                  f"{x.service_cpu_us:.0f}" if x.service_cpu_us is not None else "?")
+    u = Table(title=f"uncached: {r.queries} queries, cascade {r.cascade}")
+    for c in ("path", "p50 ms", "p95 ms"):
+        u.add_column(c, justify="right" if c != "path" else "left")
+    for name, v in (("HTTP (client)", r.http_uncached_ms), ("HTTP (took_ms)", r.server_uncached_ms),
+                    ("in-process", r.inproc_ms)):
+        u.add_row(name, f"{pct(v, 50):.1f}", f"{pct(v, 95):.1f}")
+    return [t, u]
 
 
 def markdown(r: ServiceBench, command: str, machine: str) -> str:
-    p = lambda v, q: float(np.percentile(v, q)) if v else float("nan")  # noqa: E731
+    p = pct
     la = lambda x: ", ".join(f"{v:.1f}" for v in x) if x else "?"  # noqa: E731
     tool = r.load[0].tool if r.load else "none"
     if tool == "wrk" and r.wrk_version:
         tool = f"wrk {r.wrk_version} (1 thread, a Lua script cycling through the bodies)"
     lines = [
-        f"Command: `{command}`  ", f"Machine: {machine}  ",
+        *head_lines(command, machine),
         f"Load average (1, 5, 15 min) at start: {la(r.loadavg_start)}; at the end: {la(r.loadavg_end)} "
         "(the machine's 2 cores are shared: the load tool, Redis, the service and anything else running)  ",
         f"Service: `cascade serve` on 127.0.0.1, one uvicorn process; cache: {r.cache_backend}  ",

@@ -16,13 +16,16 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
+from rich.table import Table
 
+from cascade.bench.common import BenchResult, head_lines, top_texts
 from cascade.controller import Cascade
+from cascade.models.microbatch import BatcherStats, MicroBatcher
 from cascade.query import Query
-from connectors.microbatch import BatcherStats, MicroBatcher
 
 PER_REQUEST, BATCHED = "per request", "micro-batched"
 Request = tuple[str, list[str]]
@@ -60,8 +63,7 @@ def collect_requests(cascade: Cascade, texts: list[str], fields: list[str], dept
     out = []
     for text in texts:
         q = cascade.validate(Query(text=text))
-        cands, _ = asyncio.run(cascade.candidates(q))
-        docs = [cands.text(i, fields) for i in range(min(depth, len(cands)))]
+        _, docs = asyncio.run(top_texts(cascade, q, fields, depth))
         if docs:
             out.append((q.text, docs))
     return out
@@ -85,10 +87,13 @@ async def _drive(requests: list[Request], clients: int,
     return time.perf_counter() - t0, lat, out
 
 
-def compare_microbatch(scorer, requests: list[Request], clients: int = 8, round_size: int | None = None,
+def compare_microbatch(scorer: Any, requests: list[Request], clients: int = 8, round_size: int | None = None,
                        max_wait_ms: float = 2.0, max_pairs: int = 256,
                        on_progress: Callable[[int, int], None] | None = None) -> MicroBatchBench:
-    """Per-request ``asyncio.to_thread(scorer.score)`` against a :class:`MicroBatcher`, round by round."""
+    """Per-request ``asyncio.to_thread(scorer.score)`` against a :class:`MicroBatcher`, round by round.
+
+    ``scorer``: a blocking local runtime (``CrossEncoderConfig.load_runtime``) with ``score`` and ``score_many``.
+    """
     if not requests:
         raise ValueError("no requests to score")
     round_size = round_size or clients * 3
@@ -120,7 +125,7 @@ def compare_microbatch(scorer, requests: list[Request], clients: int = 8, round_
                 rate[m].append(pairs / wall)
                 qps[m].append(len(chunk) / wall)
                 lat[m] += ms
-            diff = max(diff, max(float(np.abs(a - b).max()) for a, b in zip(got[PER_REQUEST], got[BATCHED])))
+            diff = max(diff, max(_max_diff(a, b) for a, b in zip(got[PER_REQUEST], got[BATCHED])))
             if on_progress:
                 on_progress(k + 1, len(chunks))
 
@@ -138,6 +143,13 @@ def compare_microbatch(scorer, requests: list[Request], clients: int = 8, round_
                            batcher.stats.requests_per_pass, diff)
 
 
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference over the pairs both modes could score (NaN: a document neither could)."""
+    d = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    d = d[np.isfinite(d)]
+    return float(d.max()) if len(d) else 0.0
+
+
 def _torch_threads(scorer) -> int | None:
     if not hasattr(scorer, "net"):  # ONNX Runtime: threads are fixed when its session opens
         return None
@@ -151,6 +163,85 @@ def load_average() -> str:
         return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
     except OSError:  # pragma: no cover - not on every platform
         return "load average unknown"
+
+
+@dataclass
+class MicroBatchRun(BenchResult):
+    """Every (torch threads, clients) combination of one run, with what the report says about it."""
+
+    benches: list[MicroBatchBench]
+    model: str
+    dtype: str
+    backend: str  # torch or onnx
+    depth: int
+    max_length: int
+    batch_size: int
+    load_before: str
+    load_after: str
+    dataset: str = ""
+    split: str = ""
+
+    def table(self) -> Table:
+        queries = self.benches[0].queries if self.benches else 0
+        t = Table(title=f"{self.model} ({self.dtype}) on {queries} {self.dataset} {self.split} queries, "
+                        f"top {self.depth} fused candidates")
+        for c in ("threads", "clients", "mode", "pairs/s", "queries/s", "p50 ms", "p95 ms", "CPU ms/pair",
+                  "× per request", "requests/pass"):
+            t.add_column(c, justify="left" if c == "mode" else "right")
+        for b in self.benches:
+            for name, r in b.modes.items():
+                on = name == BATCHED
+                t.add_row(str(b.threads or "-"), str(b.clients), name, f"{r.pairs_per_s:.1f}", f"{r.queries_per_s:.2f}",
+                          f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.cpu_ms_per_pair:.0f}",
+                          f"{b.ratio if on else 1.0:.2f}", f"{b.requests_per_pass if on else 1.0:.1f}")
+        return t
+
+    def load_line(self) -> str:
+        return f"{self.load_before} before, {self.load_after} after"
+
+    def section(self) -> tuple[str, str]:
+        return (f"microbatch-{self.dataset}-{self.backend}",
+                f"Micro-batching concurrent cross-encoder requests ({self.backend}) on {self.dataset} {self.split}")
+
+    def markdown(self, command: str, machine: str) -> str:
+        notes = [(f"Model `{self.model}` ({self.backend}, {self.dtype}), max_length {self.max_length}, "
+                  f"batch_size {self.batch_size}. Per request: each query's pairs scored by `asyncio.to_thread("
+                  f"runtime.score)` (the stage without `micro_batch`; the default executor runs up to "
+                  f"{min(32, (os.cpu_count() or 1) + 4)} at once). Micro-batched: the same runtime behind "
+                  f"`cascade.models.microbatch.MicroBatcher` (one model thread, pairs length-sorted across requests)."),
+                 f"Machine load: {self.load_before} before the run, {self.load_after} after (other jobs share this "
+                 f"machine)."]
+        return markdown(self.benches, head_lines(command, machine), notes)
+
+
+def run_microbatch(runtime: Any, requests: list[Request], *, clients: list[int], threads: list[int] | None = None,
+                   max_wait_ms: float = 2.0, max_pairs: int = 256, depth: int = 20, backend: str = "torch",
+                   max_length: int = 0, batch_size: int = 0, dataset: str = "", split: str = "",
+                   on_progress: Callable[[str, int, int], None] | None = None) -> MicroBatchRun:
+    """:func:`compare_microbatch` for each torch thread count (``threads``; None: as configured) and client count.
+
+    ``on_progress(label, done, total)`` names the combination running. Torch's thread count is restored after.
+    """
+    if threads:
+        import torch
+
+        configured = torch.get_num_threads()
+    load_before = load_average()
+    benches = []
+    try:
+        for t in threads or [None]:
+            if t is not None:
+                torch.set_num_threads(t)
+            for n in clients:
+                label = f"{n} clients{f', {t} threads' if t else ''}, {len(requests)} queries, both modes"
+                progress = (lambda d, tot, _l=label: on_progress(_l, d, tot)) if on_progress else None
+                benches.append(compare_microbatch(runtime, requests, clients=n, max_wait_ms=max_wait_ms,
+                                                  max_pairs=max_pairs, on_progress=progress))
+    finally:
+        if threads:
+            torch.set_num_threads(configured)  # the report's machine line shows the configured count
+    return MicroBatchRun(benches, runtime.name, str(getattr(runtime, "dtype", "?")), backend, depth, max_length,
+                         batch_size, load_before, load_average(), dataset, split)
 
 
 def markdown(benches: list[MicroBatchBench], head: list[str], notes: list[str]) -> str:

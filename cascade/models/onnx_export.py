@@ -23,10 +23,10 @@ import numpy as np
 
 from cascade.errors import CascadeError, ModelNotFound
 from cascade.settings import Settings
-from connectors.models import _in_hub_cache, resolve_model
-from connectors.onnx_scorer import INPUTS, META_FILE, open_session
-from connectors.pair_encoding import PairEncoder
-from connectors.rerankers import model_token_limit
+from cascade.models.lookup import _in_hub_cache, resolve_model
+from cascade.models.onnx_ce import INPUTS, META_FILE, open_session
+from cascade.models.pair_encoding import PairEncoder
+from cascade.models.torch_ce import model_token_limit
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
-
-import numpy as np
 
 from cascade.errors import ModelNotFound
 from cascade.settings import Settings
@@ -45,6 +42,29 @@ def resolve_model(spec: str, settings: Settings) -> tuple[str, bool]:
             if q.exists():
                 return str(q.resolve()), True
     return spec, False
+
+
+def file_stamp(path: str | Path) -> tuple | None:
+    """Names, sizes and modification times of a model's files (a file, or a folder's files one level down).
+
+    Cheap enough to compute at every build, and it changes whenever a model is retrained or re-exported in
+    place, which is what cache keys of loaded models and cached scores must notice.
+    """
+    p = Path(path)
+    try:
+        if p.is_file():
+            st = p.stat()
+            return ((p.name, st.st_size, st.st_mtime_ns),)
+        if p.is_dir():
+            out = []
+            for f in sorted(p.iterdir()):
+                if f.is_file():
+                    st = f.stat()
+                    out.append((f.name, st.st_size, st.st_mtime_ns))
+            return tuple(out)
+    except OSError:
+        return None
+    return None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -89,7 +109,8 @@ def load_first(
     tried = []
     for spec in specs:
         target, local = resolve_model(spec, settings)
-        key = (what, target, *cache_key)
+        # The files' stamp is part of the key: a model retrained in place is loaded again, not served stale.
+        key = (what, target, file_stamp(target) if local else None, *cache_key)
         with _lock:
             if key in _loaded:
                 return target, _loaded[key]
@@ -118,54 +139,3 @@ def _in_hub_cache(name: str) -> bool:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:
         return False
-
-
-class Embedder:
-    """A sentence-transformers bi-encoder producing L2-normalized float32 vectors (cosine = dot)."""
-
-    def __init__(self, name: str, model: Any, batch_size: int = 64):
-        self.name, self.model, self.batch_size = name, model, batch_size
-        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        self.dim = int(dim())
-        self.max_length = int(model.max_seq_length)
-        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_lock = threading.Lock()
-
-    def encode_query(self, text: str) -> np.ndarray:
-        """One query's vector, cached: kNN retrieval and semantic features embed the same text once."""
-        with self._cache_lock:
-            v = self._query_cache.get(text)
-            if v is not None:
-                self._query_cache.move_to_end(text)
-                return v
-        v = self.encode([text])[0]
-        with self._cache_lock:
-            self._query_cache[text] = v
-            while len(self._query_cache) > 4096:
-                self._query_cache.popitem(last=False)
-        return v
-
-    def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        vecs = self.model.encode(
-            texts, batch_size=batch_size or self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
-        vecs = np.asarray(vecs, dtype=np.float32)
-        # Normalize again in float32: a bfloat16 model's unit vectors are only unit to ~3 digits.
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        return np.ascontiguousarray(vecs / np.maximum(norms, 1e-12))
-
-
-def load_embedder(spec: str, settings: Settings, max_length: int | None = None, batch_size: int = 64,
-                  dtype: str = "auto") -> Embedder:
-    def loader(target: str):
-        from sentence_transformers import SentenceTransformer
-
-        m = SentenceTransformer(target, device="cpu", model_kwargs={"dtype": torch_dtype(dtype)})
-        if max_length:
-            m.max_seq_length = max_length
-        return m
-
-    name, model = load_first([spec], settings, loader, "embedder", (max_length, str(torch_dtype(dtype))))
-    return Embedder(name, model, batch_size)

@@ -11,35 +11,20 @@ score instead of failing its neighbours.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+from cascade.text import clean_text
 
 log = logging.getLogger(__name__)
 
 # Characters kept per allowed token before the tokenizer runs. Natural text averages 4-6 characters a
 # token, so truncation by tokens decides in practice; the cap only bounds tokenizer work on a megabyte document.
 CHARS_PER_TOKEN_CAP = 32
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
-
-def clean_text(text: Any, max_chars: int | None = None) -> str:
-    """A printable, encodable string: None becomes "", NUL and control characters become spaces,
-    lone surrogates (undecodable bytes that slipped through as ``surrogateescape``) become U+FFFD."""
-    if text is None:
-        return ""
-    if not isinstance(text, str):
-        text = str(text)
-    if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars]
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = _SURROGATE.sub("\ufffd", text)
-    return _CONTROL.sub(" ", text)
+__all__ = ["CHARS_PER_TOKEN_CAP", "PairEncoder", "clean_text", "fallback_scores", "score_pairs", "score_requests"]
 
 
 def fallback_scores(scores: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -141,8 +126,9 @@ def score_pairs(encoder: PairEncoder, query: str, docs: list[Any], batch_size: i
                 run: Callable[[dict[str, np.ndarray]], np.ndarray]) -> np.ndarray:
     """Score every document with ``run`` (one padded batch in, one logit per row out).
 
-    A batch that fails is retried row by row, so one bad row costs only itself; if no row at all can
-    be scored the model itself is broken and the error is raised (the controller then skips the stage).
+    A batch that fails is retried row by row, so one bad row costs only itself; a row that still cannot be
+    scored (or an empty document) is NaN. If no row at all can be scored the model itself is broken and the
+    error is raised (the controller then skips the stage).
     """
     return score_requests(encoder, [(query, docs)], batch_size, run)[0]
 
@@ -154,7 +140,7 @@ def score_requests(encoder: PairEncoder, requests: list[tuple[str, list[Any]]], 
     The pairs of all requests are sorted by token length *across* requests before batching, so a
     batch mixes requests and pads little (the micro-batcher's use). Fault isolation is per row as in
     :func:`score_pairs`: a batch that fails is retried row by row, and a row that still fails, like an
-    empty document, gets its own request's fallback score (that request's lowest score minus 1). Only
+    empty document, gets its own request's fallback score later (NaN here). Only
     when no row of any request could be scored is the model broken: the first error is raised, for all.
     """
     encodings: list[Any] = []
@@ -193,6 +179,8 @@ def score_requests(encoder: PairEncoder, requests: list[tuple[str, list[Any]]], 
         if (~good & ok).any():
             log.warning("cross-encoder: %d of %d documents could not be scored; they get the fallback score",
                         int((~good & ok).sum()), len(ok))
-        out.append(fallback_scores(scores[start:stop], good) if len(ok) else np.zeros(0))
+        # NaN marks a row that could not be scored: the stage gives it the fallback over its whole window
+        # (cached scores included), and no cache ever stores it.
+        out.append(np.where(good, scores[start:stop], np.nan) if len(ok) else np.zeros(0))
         start = stop
     return out

@@ -1,37 +1,21 @@
-"""Pair scorers: one interface for every way of scoring (query, document) pairs.
+"""Cross-encoders run by torch in this process (loaded by sentence-transformers).
 
-The cross-encoder stage talks only to :class:`PairScorer`, so where the model
-runs (torch in this process, ONNX Runtime in this process, or a rerank API
-over HTTP) is a config key, not a code path in the stage. ``load_pair_scorer``
-is the one place that maps the key to a scorer.
+A blocking runtime: :mod:`cascade.models.scorers` runs it in a worker thread
+or behind the micro-batcher, and puts the pair-score cache in front of it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+import hashlib
+from typing import Any
 
 import numpy as np
 
 from cascade.errors import ModelNotFound
+from cascade.extras import require
+from cascade.models.lookup import file_stamp, load_first, torch_dtype
+from cascade.models.pair_encoding import PairEncoder, score_pairs, score_requests
 from cascade.settings import Settings
-from connectors.models import load_first, torch_dtype
-from connectors.pair_encoding import PairEncoder, score_pairs, score_requests
-
-if TYPE_CHECKING:
-    from cascade.stages.cross_encoder import CrossEncoderConfig
-
-
-@runtime_checkable
-class PairScorer(Protocol):
-    name: str
-
-    def score(self, query: str, docs: list[str]) -> np.ndarray:
-        """One relevance score per document, higher is better; blocking (call it from a thread).
-
-        A document that cannot be scored (empty, or refused by the model) gets the lowest
-        score of the call minus 1 instead of failing the call; a broken backend raises.
-        """
-        ...
 
 
 def model_token_limit(tokenizer: Any, config: Any) -> int:
@@ -64,6 +48,9 @@ class SentenceTransformersCrossEncoder:
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
         self.encoder = PairEncoder(tok.backend_tokenizer, self.max_length, int(tok.pad_token_id or 0), names)
         self._torch = torch
+        # What the scores depend on: the weights on disk, the token limit and the precision.
+        blob = repr((name, file_stamp(name), self.max_length, self.dtype)).encode()
+        self.stamp = "torch:" + hashlib.sha256(blob).hexdigest()[:16]
 
     def _run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
@@ -81,7 +68,8 @@ class SentenceTransformersCrossEncoder:
 
 
 def load_cross_encoder(specs: list[str], settings: Settings, max_length: int, batch_size: int,
-                       dtype: str = "auto") -> PairScorer:
+                       dtype: str = "auto") -> SentenceTransformersCrossEncoder:
+    require("sentence_transformers", "torch", "a cross_encoder stage with backend torch")
     def loader(target: str):
         from sentence_transformers import CrossEncoder
 
@@ -89,18 +77,3 @@ def load_cross_encoder(specs: list[str], settings: Settings, max_length: int, ba
 
     name, model = load_first(specs, settings, loader, "cross-encoder", (max_length, str(torch_dtype(dtype))))
     return SentenceTransformersCrossEncoder(name, model, batch_size, max_length)
-
-
-def load_pair_scorer(cfg: "CrossEncoderConfig", settings: Settings) -> PairScorer:
-    """The scorer a cross-encoder config asks for (``backend``: torch, onnx, tei, cohere or jina)."""
-    if cfg.backend == "torch":
-        return load_cross_encoder([cfg.model, *cfg.fallback], settings, max_length=cfg.max_length,
-                                  batch_size=cfg.batch_size, dtype=cfg.dtype)
-    if cfg.backend == "onnx":
-        from connectors.onnx_scorer import load_onnx_cross_encoder
-
-        return load_onnx_cross_encoder([cfg.model, *cfg.fallback], settings, onnx_file=cfg.onnx_file,
-                                       max_length=cfg.max_length, batch_size=cfg.batch_size)
-    from connectors.rerank_api import RemoteReranker
-
-    return RemoteReranker.from_config(cfg)
