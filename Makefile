@@ -63,6 +63,7 @@ demo: venv local-settings
 # Speed and quality numbers for docs/benchmarks.md (each section records its own command and machine).
 bench: venv local-settings redis wrk
 	$(BIN)/cascade demo --prepare-only
+	$(BIN)/cascade eval --dataset scifact --split test --profile default --profile ce-deep --report docs/benchmarks.md
 	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
 	$(BIN)/cascade bench-combine --dataset scifact --split test --report docs/benchmarks.md

@@ -280,6 +280,8 @@ class Cascade:
         capped by ``limits.budget_ms``). ``retrieved``: hits already fetched for this query (several profiles
         evaluated on one retrieval)."""
         t0 = time.perf_counter()
+        if retrieved is not None:  # shared retrieval: its time counts as this search's own first steps
+            t0 -= retrieved.ms / 1e3
         deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
         if not validated:
             query = self.validate(query)
@@ -333,13 +335,13 @@ class Cascade:
         ``query`` must be validated already (``search`` does it). Feature logs pass
         ``features=True`` so that they record exactly what the LTR stage will see.
         """
-        t0 = time.perf_counter() if t0 is None else t0
+        if t0 is None:
+            t0 = time.perf_counter() - (retrieved.ms / 1e3 if retrieved is not None else 0.0)
         if retrieved is None:
             retrieved = await self.retrieve(query, t0)
             traces = list(retrieved.traces)
-        else:  # shared retrieval: its traces and time count as this search's own first steps
+        else:  # shared retrieval: ``t0`` already lies ``retrieved.ms`` back (see ``search``)
             traces = [dataclasses.replace(t) for t in retrieved.traces]
-            t0 -= retrieved.ms / 1e3
         results = retrieved.hits
 
         t = time.perf_counter()

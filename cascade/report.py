@@ -37,6 +37,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}{tv}, no GPU"
 
 
+def step_costs(stages: list) -> list[str]:
+    """Each step's own work per query in its unit ("10 pairs", "170 rows"; "" for none), from the cumulative costs."""
+    out, before = [], {}
+    for s in stages:
+        cum = getattr(s, "cost_per_query", None) or {}
+        own = {u: v - before.get(u, 0.0) for u, v in cum.items() if v - before.get(u, 0.0) > 0}
+        out.append(", ".join(f"{v:.0f} {u}" for u, v in sorted(own.items())) or "-")
+        before = {**before, **cum}
+    return out
+
+
 def rich_table(rep: EvalReport) -> Table:
     """The per-step table for a terminal: fits 80 columns and never cuts a number (step names wrap instead).
 
@@ -49,10 +60,11 @@ def rich_table(rep: EvalReport) -> Table:
     stages = list(rep.stages)
     best = max((s.ndcg_10 for s in stages), default=None)
     headers = ["nDCG@10", "R@100", "MRR@10", "p50 ms", "p95 ms", "cost/q"]
+    costs = step_costs(stages)
     rows = [[f"{s.ndcg_10:.4f}", f"{s.recall_100:.4f}", f"{s.mrr_10:.4f}", f"{s.p50_ms:.1f}", f"{s.p95_ms:.1f}",
-             f"{getattr(s, 'ce_pairs_per_query', 0.0):.0f}"] for s in stages]
-    t = Table(title=title, caption="ms: cumulative p50/p95 up to the step; cost/q: cross-encoder pairs per query",
-              caption_justify="left")
+             c] for s, c in zip(stages, costs)]
+    t = Table(title=title, caption="ms: cumulative p50/p95 up to the step; cost/q: the step's own work per query, "
+                                   "in its cost unit", caption_justify="left")
     t.add_column("step", overflow="fold", min_width=4)
     for i, h in enumerate(headers):
         width = max([len(h), *(len(r[i]) for r in rows)])
@@ -65,11 +77,11 @@ def rich_table(rep: EvalReport) -> Table:
 
 
 def markdown_table(rep: EvalReport) -> str:
-    lines = ["| step | nDCG@10 | R@30 | R@100 | MRR@10 | p50 ms | p95 ms | step p50 ms | CE pairs/query |",
+    lines = ["| step | nDCG@10 | R@30 | R@100 | MRR@10 | p50 ms | p95 ms | step p50 ms | cost/query |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in rep.stages:
+    for s, c in zip(rep.stages, step_costs(list(rep.stages))):
         lines.append(f"| {s.name} | {s.ndcg_10:.4f} | {s.recall_30:.4f} | {s.recall_100:.4f} | {s.mrr_10:.4f} | {s.p50_ms:.1f} | "
-                     f"{s.p95_ms:.1f} | {s.step_p50_ms:.1f} | {s.ce_pairs_per_query:.0f} |")
+                     f"{s.p95_ms:.1f} | {s.step_p50_ms:.1f} | {c} |")
     return "\n".join(lines)
 
 
@@ -116,8 +128,8 @@ def markdown_section(rep: EvalReport, command: str, image: str | None) -> str:
     if image:
         out += [f"![{rep.dataset} per-step quality and latency]({image})", ""]
     out += ["p50/p95 ms are cumulative (search start to the end of that step; a retriever's own time for "
-            "bm25/knn, which run concurrently); step p50 is the step alone. CE pairs/query counts "
-            "cross-encoder (query, document) pairs scored up to that step.", ""]
+            "bm25/knn, which run concurrently); step p50 is the step alone. cost/query is the step's own work "
+            "per query in the unit its stage declares (pairs for a cross-encoder, rows for LTR).", ""]
     return "\n".join(out)
 
 

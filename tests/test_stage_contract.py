@@ -73,6 +73,9 @@ async def test_overrides_prefix_and_evaluation_count_its_cost(tiny_index_dir, tm
     assert by["default"]["overlap"].cost_per_query == {"calls": 6.0}
     assert by["lite"]["overlap"].cost_per_query == {"calls": 3.0} and "overlap" not in by["plain"]
     assert by["default"]["bm25"].ndcg_10 == by["lite"]["bm25"].ndcg_10  # the same retrieval for every profile
+    for r in by.values():  # cumulative times include the shared retrieval, for every profile
+        assert r["fusion"].p50_ms >= max(r["bm25"].p50_ms, r["knn"].p50_ms)
+        assert all(s.p50_ms >= r["fusion"].p50_ms for n, s in r.items() if n not in ("bm25", "knn", "fusion"))
     await opened.close()
 
 
@@ -124,3 +127,20 @@ def test_the_shipped_scifact_config_has_two_profiles_sharing_one_cross_encoder(m
     assert a is not b and a.rerank == 3 and b.rerank == 5 and a.scorer is b.scorer
     res = asyncio.run(opened.cascade("deep").search(Query("solar electricity", size=3)))
     assert res.cost() == {"pairs": 5} and res.profile == "deep"
+
+
+def test_cli_evaluation_can_cache_pair_scores_like_the_service(tiny_index_dir, tmp_path, monkeypatch):
+    """`cascade eval --pair-cache` opens the index with an in-process pair store, as the service has one."""
+    import yaml
+
+    import cascade.cli.common as common
+    from cascade.models.scorers import CachedPairScorer
+
+    settings = make_settings(tmp_path, tiny_index_dir)
+    monkeypatch.setattr(common, "_settings", lambda: settings)
+    path = write_config(tmp_path / "cfg", "tiny", stages=[STAGE], cache={"pair_scores": True})
+    assert yaml.safe_load(path.read_text())["cache"]["pair_scores"] is True
+    cached = common._open("tiny", path, pair_cache=True).cascade()
+    plain = common._open("tiny", path).cascade()
+    assert isinstance(cached.stages[0].scorer, CachedPairScorer)
+    assert not isinstance(plain.stages[0].scorer, CachedPairScorer)  # off by default: every pair is scored

@@ -126,17 +126,24 @@ def _parse_filter(specs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _open(name: str, config: Optional[Path], profiles: Optional[list[str]] = None, stages: bool = True):
+def _open(name: str, config: Optional[Path], profiles: Optional[list[str]] = None, stages: bool = True,
+          pair_cache: bool = False):
     """The index opened through cascade.builder with the named profiles (None: its default profile).
 
     ``stages=False``: retrieval, fusion and features only (feature logs, before the models they train exist).
+    ``pair_cache``: an in-process pair-score cache, as the service has, for configs with ``cache.pair_scores``.
     An unknown profile raises UnknownProfile, which lists the index's profiles.
     """
     from cascade.builder import open_index
 
     cfg = _config_for(name, config, create=False)
     wanted = list(dict.fromkeys(profiles)) if profiles else [cfg.default_profile]
-    return open_index(cfg, _settings(), profiles=wanted, stages=stages)
+    store = None
+    if pair_cache:
+        from connectors.score_cache import MemoryPairStore
+
+        store = MemoryPairStore()
+    return open_index(cfg, _settings(), profiles=wanted, stages=stages, pair_store=store)
 
 
 async def _closing(opened, aw):

@@ -91,7 +91,8 @@ def search(
 
 
 def _run_eval(dataset: str, index_name: str | None, split: str, limit: int | None, config: Optional[Path],
-              profiles: Optional[list[str]] = None, budget_ms: float | None = None) -> tuple[list, str]:
+              profiles: Optional[list[str]] = None, budget_ms: float | None = None,
+              pair_cache: bool = False) -> tuple[list, str]:
     """One EvalReport per profile (default: the index's default profile), all from one pass over the queries;
     and the index's default profile."""
     from cascade.datasets import load_qrels, load_queries
@@ -99,7 +100,7 @@ def _run_eval(dataset: str, index_name: str | None, split: str, limit: int | Non
 
     folder = _dataset_dir(dataset)
     queries, qrels = load_queries(folder), load_qrels(folder, split)
-    opened = _open(index_name or dataset, config, profiles)
+    opened = _open(index_name or dataset, config, profiles, pair_cache=pair_cache)
     cascades = list(opened.profiles.values())
     n = min(limit or len(qrels), len(qrels))
     what = f"evaluating {dataset} {split}" + (f" ({len(cascades)} profiles)" if len(cascades) > 1 else "")
@@ -184,6 +185,9 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
     budget_ms: Optional[float] = typer.Option(None, min=0.001, help="Latency budget per search, as the service "
                                               "applies it (default: none)."),
+    pair_cache: bool = typer.Option(False, "--pair-cache/--no-pair-cache", help="Cache pair scores in this "
+                                    "process as the service does for configs with cache.pair_scores (default: off, "
+                                    "so every pair is scored)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics as JSON."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of quality and latency per step "
                                             "(NAME-PROFILE.png each with several profiles)."),
@@ -193,7 +197,7 @@ def eval_cmd(
     """nDCG@10, recall@100, MRR@10, latency and cost for every retriever and stage of each profile, from one pass."""
     _setup()
     try:
-        reps, default = _run_eval(dataset, index_name, split, limit, config, profiles or None, budget_ms)
+        reps, default = _run_eval(dataset, index_name, split, limit, config, profiles or None, budget_ms, pair_cache)
         _emit(reps, json_out, plot_out, report, _command(), f"eval-{reps[0].index}-{split}", default)
     except CascadeError as exc:
         _fail(exc)
