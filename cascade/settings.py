@@ -5,7 +5,7 @@ where things are on this machine, so the same config works everywhere.
 
 Values come from, in order of precedence: real ``CASCADE_*`` environment
 variables, then ``.cascade/settings.env`` in the working directory (written by
-``make`` to point at ``../shared`` when it exists), then the defaults below.
+``make`` from the shared data and models folders beside the checkout), then the defaults below.
 The default folders are project-local (``.cascade/...`` relative to the
 working directory), the same ones the Makefile used, so ``make demo`` and a
 plain ``.venv/bin/cascade ...`` run from the checkout see the same indexes.

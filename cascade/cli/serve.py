@@ -26,7 +26,7 @@ def config_source(index_config: Optional[Path], settings):
 
 
 def _serve(source, host: Optional[str], port: Optional[int], access_log: bool,
-           example_query: str = "example query") -> None:
+           example_query: str | None = None) -> None:
     """Check the configs like start-up will, say where the service listens and how to call it, then serve."""
     from cascade.service import create_app, serve as run_server
 
@@ -36,6 +36,8 @@ def _serve(source, host: Optional[str], port: Optional[int], access_log: bool,
     configs = source.read()  # a bad config stops here with FILE: key: reason, before anything listens
     names = sorted(configs)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if example_query is None:  # the demo's index gets a query it has answers for
+        example_query = "does cholesterol cause heart disease" if names[0] == "scifact" else "example query"
     body = json.dumps({"query": example_query, "size": 3, "explain": True})
     err.print(f"serving [bold]{', '.join(names)}[/] at [bold]{url}[/] (cache: "
               f"{'redis ' + s.redis_url if s.redis_url else 'in-process LRU; set CASCADE_REDIS_URL for Redis'}); "
