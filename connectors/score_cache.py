@@ -1,14 +1,14 @@
 """Stores for cached pair scores per (query, document): an in-process LRU or Redis.
 
 The scorer that uses them (:class:`cascade.models.scorers.CachedPairScorer`)
-is composed in front of a model at build time. The Redis store is a
-synchronous client with the same short timeouts and fail-open behaviour as
-the result cache; the async scorer calls it from a worker thread, so the
-event loop never waits on Redis.
+is composed in front of a model at build time. Both stores are async; the
+Redis one uses redis-py's asyncio client with the same short timeouts and
+fail-open behaviour as the result cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 from typing import TYPE_CHECKING, Protocol
@@ -25,9 +25,11 @@ PACK = struct.Struct("<d")  # one float64 per pair
 class PairStore(Protocol):
     backend: str
 
-    def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
 
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None: ...
+    async def set_many(self, items: dict[str, bytes], ttl_s: float) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryPairStore:
@@ -36,29 +38,38 @@ class MemoryPairStore:
     def __init__(self, max_items: int = 100_000):
         self.lru = LRU(max_items)
 
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
         return [self.lru.get(k) for k in keys]
 
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+    async def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
         for k, v in items.items():
             self.lru.set(k, v, ttl_s)
 
+    async def close(self) -> None:
+        return None
+
 
 class RedisPairStore:
-    """MGET for the lookups, one pipeline of PSETEX for the fills; failures read as misses."""
+    """MGET for the lookups, one pipeline of PSETEX for the fills, on redis-py's asyncio client.
+
+    Failures read as misses (the model scores the pairs itself) and trip a
+    breaker, so a dead or paused Redis costs one short timeout, then nothing
+    until ``retry_s`` has passed.
+    """
 
     backend = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.1, max_connections: int = 16, retry_s: float = 1.0,
                  on_error: ErrorHook | None = None):
-        import redis
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
-        self.pool = redis.BlockingConnectionPool.from_url(
+        self.pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
-        self.client = redis.Redis(connection_pool=self.pool, retry=Retry(NoBackoff(), 0))
+        self.client = aioredis.Redis(connection_pool=self.pool, retry=Retry(NoBackoff(), 0))
+        self.timeout_s = timeout_s
         self.breaker = Breaker(retry_s)
         self.on_error = on_error
 
@@ -70,32 +81,38 @@ class RedisPairStore:
         if self.on_error:
             self.on_error(op, exc)
 
-    def get_many(self, keys: list[str]) -> list[bytes | None]:
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys or self.breaker.open():
             return [None] * len(keys)
         try:
-            return list(self.client.mget(keys))
+            async with asyncio.timeout(self.timeout_s * 3):  # a paused server: bounded, whatever the socket does
+                return list(await self.client.mget(keys))
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # any failure is a miss: the model scores the pairs itself
             self._failed("pair_get", exc)
             return [None] * len(keys)
 
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+    async def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
         if not items or self.breaker.open():
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            ms = max(1, int(ttl_s * 1000))
-            for k, v in items.items():
-                pipe.psetex(k, ms, v)
-            pipe.execute()
+            async with asyncio.timeout(self.timeout_s * 3):
+                pipe = self.client.pipeline(transaction=False)
+                ms = max(1, int(ttl_s * 1000))
+                for k, v in items.items():
+                    pipe.psetex(k, ms, v)
+                await pipe.execute()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             self._failed("pair_set", exc)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         try:
-            self.client.close()
-            self.pool.disconnect()
-        except Exception:
+            await self.client.aclose()
+            await self.pool.aclose()
+        except Exception:  # closing a pool whose server is gone must not fail shutdown
             pass
 
 

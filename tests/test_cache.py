@@ -187,7 +187,7 @@ async def test_pair_scores_come_from_redis_the_second_time(redis_server):
     t = time.perf_counter()
     assert np.allclose(await scorer.score("q", docs), first) and inner.pairs == 3
     assert time.perf_counter() - t < 1.0
-    store.close()
+    await store.close()
 
 
 async def test_pair_scores_in_memory_without_redis():

@@ -18,7 +18,7 @@ from cascade.service import create_app
 from cascade.service.registry import ConfigSource
 from connectors.score_cache import MemoryPairStore
 from tests.conftest import tiny_config
-from tests.service_fixtures import make_settings, tiny_index_dir, wait_ready, write_config  # noqa: F401
+from tests.service_fixtures import make_settings, redis_server, tiny_index_dir, wait_ready, write_config  # noqa: F401
 
 STAGE = {"type": "test_overlap", "name": "overlap", "field": "title", "rerank": 6}
 PROFILES = {"lite": {"inherit": "default", "stages": {"overlap": {"rerank": 3}}},
@@ -144,3 +144,26 @@ def test_cli_evaluation_can_cache_pair_scores_like_the_service(tiny_index_dir, t
     plain = common._open("tiny", path).cascade()
     assert isinstance(cached.stages[0].scorer, CachedPairScorer)
     assert not isinstance(plain.stages[0].scorer, CachedPairScorer)  # off by default: every pair is scored
+
+
+def test_service_pair_scores_in_redis_are_shared_by_profiles(tiny_index_dir, tmp_path, redis_server):
+    """The service's pair-score store (redis-py asyncio) sits in front of the stage's scorer: a second profile
+    asking for the same pairs is answered from Redis, and Redis holds only finite scores under the model stamp."""
+    folder = tmp_path / "configs"
+    write_config(folder, "tiny", stages=[STAGE], profiles=PROFILES, cache={"pair_scores": True})
+    app = create_app(make_settings(tmp_path, tiny_index_dir, redis_url=redis_server.url), ConfigSource(directory=folder))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        url = "/v1/indexes/tiny/search"
+
+        def pairs(result: str) -> float:
+            for line in client.get("/metrics").text.splitlines():
+                if line.startswith(f'cascade_pair_score_cache_total{{index="tiny",result="{result}"}}'):
+                    return float(line.split()[-1])
+            return 0.0
+
+        assert client.post(url, json={"query": "solar panels rooftops", "size": 3}).status_code == 200
+        hits, misses = pairs("hit"), pairs("miss")
+        assert client.post(url, json={"query": "solar panels rooftops", "size": 3, "profile": "lite"}).status_code == 200
+        assert pairs("hit") == hits + 3 and pairs("miss") == misses  # lite's 3 pairs all came from Redis
+        assert len(redis_server.client().keys("cascade:pair:*")) >= 6

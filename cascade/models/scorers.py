@@ -97,7 +97,6 @@ class CachedPairScorer:
         self.name, self.stamp = inner.name, inner.stamp
         self.dtype = getattr(inner, "dtype", None)
         self.on_lookup = on_lookup  # (pairs found, pairs scored by the model)
-        self._blocking = getattr(store, "backend", "") != "memory"  # Redis: a worker thread, never the loop
 
     def key(self, query: str, doc: str) -> str:
         h = hashlib.blake2b(digest_size=20)
@@ -107,14 +106,11 @@ class CachedPairScorer:
             h.update(b)
         return "cascade:pair:" + h.hexdigest()
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args) if self._blocking else fn(*args)
-
     async def score(self, query: str, docs: list[str], deadline: float | None = None) -> np.ndarray:
         if not docs:
             return np.zeros(0)
         keys = [self.key(query, d) for d in docs]
-        got = await self._call(self.store.get_many, keys)
+        got = await self.store.get_many(keys)
         scores = np.full(len(docs), np.nan)
         missing: list[int] = []
         for i, v in enumerate(got):
@@ -127,7 +123,7 @@ class CachedPairScorer:
             scores[missing] = fresh
             fill = {keys[i]: PACK.pack(float(s)) for i, s in zip(missing, fresh) if np.isfinite(s)}
             if fill:
-                await self._call(self.store.set_many, fill, self.ttl_s)
+                await self.store.set_many(fill, self.ttl_s)
         if self.on_lookup:
             self.on_lookup(len(docs) - len(missing), len(missing))
         return scores

@@ -87,8 +87,8 @@ class ServiceState:
         for entry in self.registry.entries.values():
             await self._close(entry)
         await self.cache.close()
-        if self.pair_store is not None and hasattr(self.pair_store, "close"):
-            self.pair_store.close()
+        if self.pair_store is not None:
+            await self.pair_store.close()
 
     async def _open(self, name: str, cfg: Any, path: Any, strict: bool) -> IndexEntry:
         entry = await asyncio.to_thread(open_entry, cfg, path, self.settings, self._pair_store_for(cfg),
