@@ -218,9 +218,9 @@ class Cascade:
     def validate(self, query: Query) -> Query:
         """The query checked against the index and its text normalized (every path ranks the same text)."""
         lim = self.config.limits
-        q = validate_query(query, self._field_types, lim.max_size, lim.max_query_chars)
-        text = normalize_query(q.text)
-        return q if text == q.text else dataclasses.replace(q, text=text)
+        if isinstance(query.text, str):
+            query = dataclasses.replace(query, text=normalize_query(query.text))
+        return validate_query(query, self._field_types, lim.max_size, lim.max_query_chars)
 
     # ------------------------------------------------------------------ running
 

@@ -57,8 +57,7 @@ class OverlapConfig(StageConfigBase):
 
 class OverlapStage(Reranker):
     def __init__(self, cfg: OverlapConfig, scorer: Any):
-        super().__init__(cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine)
-        self._declare(cfg)
+        self.configure(cfg)
         self.cfg, self.scorer = cfg, scorer
 
     async def score(self, query, candidates, deadline) -> np.ndarray:

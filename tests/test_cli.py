@@ -106,19 +106,9 @@ def test_features_log_train_and_serve_an_ltr_model(env, monkeypatch):
 
     from tests.conftest import TINY_CONFIG
 
-    data = env / "data" / "tiny"
-    (data / "qrels").mkdir(parents=True)
-    write_corpus(data / "corpus.jsonl")
-    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(
-        ["solar electricity", "protein structure", "ocean fish", "battery storage", "gene cells"])))
-    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td3\t1\nq2\td6\t1\nq3\td5\t1\nq4\td4\t1\n")
-    monkeypatch.setenv("CASCADE_DATA_DIR", str(env / "data"))
     monkeypatch.setenv("CASCADE_TRAINED_DIR", str(env / "models"))
-    get_settings.cache_clear()
     cfg = {**TINY_CONFIG, "features": {"version": 1}}
-    (env / "configs").mkdir()
-    (env / "configs" / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    assert run("index", "--dataset", "tiny").exit_code == 0
+    _tiny_dataset(env, monkeypatch, features={"version": 1})
 
     r = run("features", "log", "--dataset", "tiny", "--split", "train", "--out", str(env / "log.parquet"))
     assert r.exit_code == 0, r.output

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from cascade.cli.common import (_command, _config_for, _fail, _judged, _progress, _settings, _setup, _write_section,
-                                console, err)
+from cascade.cli.common import (_command, _config_for, _fail, _judged, _progress, _settings, _setup, _show,
+                                _with_progress, _write_section, console, err)
 from cascade.errors import CascadeError
 
 
@@ -44,10 +44,8 @@ def bench_cmd(
         casc = open_cascade(_config_for(dataset, None, create=False), _settings())
         ds = tuple(int(x) for x in depths.split(",") if x.strip())
         n = min(limit or len(qrels), len(qrels))
-        with _progress() as prog:
-            task = prog.add_task(f"naive vs cascade on {dataset} {split}", total=n)
-            res = naive_vs_cascade(casc, queries, qrels, depths=ds, limit=limit, dataset=dataset, split=split,
-                                   on_progress=lambda d, t: prog.update(task, completed=d))
+        res = _with_progress(f"naive vs cascade on {dataset} {split}", n, lambda on_progress: naive_vs_cascade(
+            casc, queries, qrels, depths=ds, limit=limit, dataset=dataset, split=split, on_progress=on_progress))
     except (CascadeError, ValueError) as exc:
         _fail(exc)
         return
@@ -79,16 +77,12 @@ def bench_combine(
         queries, qrels = _judged(dataset, split)
         casc = open_cascade(_config_for(dataset, None, create=False), _settings())
         n = min(limit or len(qrels), len(qrels))
-        with _progress() as prog:
-            task = prog.add_task("scoring candidates once", total=n)
-            res = combination_sweep(casc, queries, qrels, limit=limit, dataset=dataset, split=split,
-                                    on_progress=lambda d, t: prog.update(task, completed=d))
+        res = _with_progress("scoring candidates once", n, lambda on_progress: combination_sweep(
+            casc, queries, qrels, limit=limit, dataset=dataset, split=split, on_progress=on_progress))
     except (CascadeError, ValueError) as exc:
         _fail(exc)
         return
-    console.print(res.table())
-    if report:
-        _write_section(report, res)
+    _show(res, report)
 
 
 def bench_ltr(
@@ -106,16 +100,12 @@ def bench_ltr(
         queries, qrels = _judged(dataset, split)
         casc = open_for_latency(_config_for(dataset, None, create=False), _settings(), candidates)
         texts = [queries[q] for q in qrels if q in queries][:limit]
-        with _progress() as prog:
-            task = prog.add_task("timing features + LTR", total=len(texts))
-            res = ltr_latency(casc, texts, on_progress=lambda d, t: prog.update(task, completed=d),
-                              dataset=dataset, split=split)
+        res = _with_progress("timing features + LTR", len(texts), lambda on_progress: ltr_latency(
+            casc, texts, on_progress=on_progress, dataset=dataset, split=split))
     except (CascadeError, ValueError) as exc:
         _fail(exc)
         return
-    console.print(res.table())
-    if report:
-        _write_section(report, res)
+    _show(res, report)
 
 
 def bench_serve(
@@ -175,19 +165,16 @@ def bench_backends_cmd(
         onnx_dir = onnx_folder(ce, s, onnx)
         casc = open_cascade(cfg, s, stages=False)  # retrieval and fusion: the backends score its candidates
         scorers = load_backends(ce, s, onnx_dir)
-        with _progress() as prog:
-            task = prog.add_task(f"scoring {dataset} {split} with {len(scorers)} backends", total=len(qrels))
-            res = compare_backends(casc, queries, qrels, scorers, ce.text_fields(), depth=depth,
-                                   on_progress=lambda d, t: prog.update(task, completed=d), model=ce.model,
-                                   dataset=dataset, split=split)
+        res = _with_progress(f"scoring {dataset} {split} with {len(scorers)} backends", len(qrels),
+                             lambda on_progress: compare_backends(
+                                 casc, queries, qrels, scorers, ce.text_fields(), depth=depth, on_progress=on_progress,
+                                 model=ce.model, dataset=dataset, split=split))
         if report:
             res.notes = backend_notes(ce, s, onnx_dir)
     except (CascadeError, ValueError) as exc:
         _fail(exc)
         return
-    console.print(res.table())
-    if report:
-        _write_section(report, res)
+    _show(res, report)
 
 
 def bench_microbatch_cmd(

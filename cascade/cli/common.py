@@ -9,7 +9,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -162,3 +162,17 @@ def _write_section(report: Path, result: Any, **markdown: Any) -> None:
     update_section(report, key, title, result.markdown(markdown.pop("command", None) or _command(), machine(),
                                                        **markdown))
     err.print(f"updated {report}")
+
+
+def _with_progress(label: str, total: int | None, run: Callable[[Callable[[int, int], None]], Any]) -> Any:
+    """``run(on_progress)`` under one progress bar (``on_progress(done, total)``, what every benchmark takes)."""
+    with _progress() as prog:
+        task = prog.add_task(label, total=total)
+        return run(lambda done, tot: prog.update(task, completed=done, total=tot))
+
+
+def _show(result: Any, report: Optional[Path], **markdown: Any) -> None:
+    """Print a benchmark result's table and, with ``--report``, file its Markdown section."""
+    console.print(result.table())
+    if report:
+        _write_section(report, result, **markdown)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cascade.cli.common import (_closing, _config_for, _dataset_dir, _fail, _judged, _open, _progress, _settings,
-                                _setup, _write_section, console, err)
+                                _setup, _show, _with_progress, _write_section, console, err)
 from cascade.errors import CascadeError
 
 features_app = typer.Typer(no_args_is_help=True, help="Learning-to-rank feature logs.")
@@ -206,13 +206,9 @@ def _eval_cross_encoders(dataset: str, split: str, models: dict[str, str], depth
         qrels = dict(list(qrels.items())[:limit])
     # Retrieval and fusion only (no stage model loaded): the models reorder the fused candidates.
     casc = open_cascade(_config_for(dataset, None, create=False), _settings(), stages=False)
-    with _progress() as prog:
-        task = prog.add_task(f"evaluating on {dataset} {split}", total=len(qrels))
-        res = compare_models(casc, queries, qrels, models, _settings(), depth, dataset=dataset, split=split,
-                             on_progress=lambda d, t: prog.update(task, completed=d, total=t))
-    console.print(res.table())
-    if report:
-        _write_section(report, res)
+    res = _with_progress(f"evaluating on {dataset} {split}", len(qrels), lambda on_progress: compare_models(
+        casc, queries, qrels, models, _settings(), depth, dataset=dataset, split=split, on_progress=on_progress))
+    _show(res, report)
 
 
 @train_app.command("eval-cross-encoder")

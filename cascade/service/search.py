@@ -8,8 +8,8 @@ within a few milliseconds on loopback.
 Cache keys hash everything the ranking depends on: the index, its config
 version, the rank profile and its fingerprint (profile config, model stamps,
 built index), the normalized query text, the typed filters in a canonical
-order, size/from, the overrides and whether the trace was asked for. User and session ids are not in the key:
-nothing in a cascade reads them yet.
+order, size/from, the overrides and whether the trace was asked for. User and
+session ids are not in the key: nothing in a cascade reads them yet.
 
 A latency budget (the request's ``budget_ms``, capped by the index's
 ``limits.budget_ms``) is not in the key either: an answer in which the budget
@@ -38,7 +38,6 @@ from cascade.query import Query, RangeFilter, TermFilter
 from cascade.service.concurrency import Overloaded
 from cascade.service.errors import ApiError, from_query_error
 from cascade.service.schemas import RangeSpec, SearchRequest
-from cascade.text import normalize_query
 
 if TYPE_CHECKING:
     from cascade.service.registry import IndexEntry
@@ -50,11 +49,6 @@ log = logging.getLogger(__name__)
 _DATE_MIN = dt.datetime(1678, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 _DATE_MAX = dt.datetime(2262, 1, 1, tzinfo=dt.timezone.utc).timestamp() - 1
 _I64 = 2 ** 63
-
-
-def normalize_text(text: str) -> str:
-    """The query text as every path ranks it (:func:`cascade.text.normalize_query`)."""
-    return normalize_query(text)
 
 
 def _check_unicode(value: str, field: str) -> None:
@@ -125,8 +119,8 @@ def build_query(entry: IndexEntry, req: SearchRequest, casc: Cascade | None = No
     if req.from_ + req.size > lim.max_size:
         raise ApiError(422, "from", f"from + size must be at most {lim.max_size} (limits.max_size of index "
                                     f"{entry.name}), got {req.from_} + {req.size}", "too_large", limit=lim.max_size)
-    text = normalize_text(req.query)
-    q = Query(text=text, filters=_plain_filters(req.filters), size=req.size, offset=req.from_,
+    # Cascade.validate normalizes the text (NFKC, whitespace), as on every other path.
+    q = Query(text=req.query, filters=_plain_filters(req.filters), size=req.size, offset=req.from_,
               user_id=req.user_id, session_id=req.session_id)
     casc = casc or profile_of(entry, req)
     try:

@@ -232,8 +232,8 @@ def apply_scores(candidates: Candidates, scores: np.ndarray, name: str, keep: in
 class Reranker:
     """Base for stages that assign one score per candidate; subclasses implement :meth:`score`.
 
-    Built from a config (:meth:`from_config`) it takes the contract's
-    declarations from the config class; tests may also build one by hand.
+    A configured stage calls :meth:`configure` with its config (name, window and
+    the contract's declarations come from there); tests may also build one by hand.
     """
 
     kind = "reranker"
@@ -245,7 +245,9 @@ class Reranker:
                  combine: Combine | None = None):
         self.name, self.rerank, self.keep, self.combine = name, rerank, keep, combine
 
-    def _declare(self, cfg: StageConfigBase) -> None:
+    def configure(self, cfg: StageConfigBase) -> None:
+        """Name, window, combination and the contract's declarations, all from the stage's config."""
+        self.name, self.rerank, self.keep, self.combine = cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine
         self.kind = cfg.type  # type: ignore[attr-defined]
         self.cost_unit = cfg.cost_unit
         self.reads_features = cfg.reads_features

@@ -115,8 +115,7 @@ class CrossEncoderConfig(StageConfigBase):
 
 class CrossEncoderStage(Reranker):
     def __init__(self, cfg: CrossEncoderConfig, scorer: Any):
-        super().__init__(cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine)
-        self._declare(cfg)
+        self.configure(cfg)
         self.cfg, self.scorer = cfg, scorer
 
     async def score(self, query, candidates: Candidates, deadline: float | None) -> np.ndarray:

@@ -113,8 +113,7 @@ class LTRStage(Reranker):
     kind = "ltr"
 
     def __init__(self, cfg: LTRConfig, model: LTRModel):
-        super().__init__(cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine)
-        self._declare(cfg)
+        self.configure(cfg)
         self.cfg, self.model = cfg, model
         self._stamp = "ltr:" + hashlib.sha256(repr((str(model.folder), file_stamp(model.folder))).encode()).hexdigest()[:16]
 
