@@ -65,6 +65,9 @@ bench: venv local-settings redis wrk
 	$(BIN)/cascade demo --prepare-only
 	$(BIN)/cascade eval --dataset scifact --split test --profile default --profile ce-deep --report docs/benchmarks.md
 	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
+	$(BIN)/cascade bench-overload --dataset scifact --split test --report docs/benchmarks.md --plot docs/img/overload.png
+	# API fuzzing: 5,000+ schemathesis cases against a real uvicorn server; fails on any 5xx.
+	CASCADE_SCHEMATHESIS_CASES=5000 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_service_schemathesis.py
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md
 	$(BIN)/cascade bench-combine --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench --dataset scifact --split test --limit 100 --depths 20,30,50 --json docs/naive-vs-cascade.json --plot docs/img/naive-vs-cascade.png --report docs/benchmarks.md

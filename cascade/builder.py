@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 from cascade.config import IndexConfig
 from cascade.controller import Cascade
-from cascade.errors import UnknownProfile
+from cascade.errors import ConfigError, ModelNotFound, UnknownProfile
 from cascade.settings import Settings, get_settings
 from cascade.stages.base import BuildContext
 
@@ -140,9 +140,18 @@ def _build_profile(config: IndexConfig, name: str, backend: Any, retrievers: dic
 
         features = FeatureExtractor(pcfg, feature_source_for(backend, pcfg))
     key = profile_key(config, name)
-    stages = [s.build(ctx.at(f"{key}.{i}", features.names if features else None))
+    stages = [_build_stage(s, ctx.at(f"{key}.{i}", features.names if features else None,
+                                     features.keyword_source if features else None))
               for i, s in enumerate(prof.stages) if s.enabled and with_stages]
     return Cascade(pcfg, retrievers, stages, backend, features, profile=name)
+
+
+def _build_stage(stage_cfg: Any, ctx: BuildContext) -> Any:
+    """A stage whose model cannot be found is a config error at its ``model`` key (file, key, reason)."""
+    try:
+        return stage_cfg.build(ctx)
+    except ModelNotFound as exc:
+        raise ConfigError(ctx.file, f"{ctx.key}.model", str(exc)) from None
 
 
 def open_cascade(config: IndexConfig, settings: Settings | None = None, profile: str | None = None,

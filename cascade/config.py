@@ -347,10 +347,19 @@ def parse_config(data: Any, source: str) -> IndexConfig:
 
 
 def load_config_file(path: Path) -> IndexConfig:
+    """Read and validate one NAME.yaml; every error names the file by its absolute path, the key and the reason."""
+    path = Path(path).absolute()
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(str(path), f"line {line}, column {column}",
+                          f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -386,7 +395,7 @@ def load_config_dir(config_dir: Path) -> dict[str, IndexConfig]:
     """Load and validate every NAME.yaml in a folder; the first bad file stops start-up."""
     if not config_dir.is_dir():
         raise ConfigError(str(config_dir), "", "config directory does not exist")
-    return {p.stem: load_config_file(p) for p in sorted(config_dir.glob("*.yaml"))}
+    return {p.stem: load_config_file(p) for p in sorted(config_dir.absolute().glob("*.yaml"))}
 
 
 def starter_config(name: str) -> IndexConfig:

@@ -28,7 +28,7 @@ from cascade.overrides import apply_overrides, override_bounds
 from cascade.query import Query, validate_query
 from cascade.retrieval import DocumentSource, MultiRetriever, Retriever
 from cascade.stages.base import Stage, below
-from cascade.text import normalize_query
+from cascade.text import error_text, normalize_query
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class Cascade:
             raise
         except Exception as exc:  # a broken retriever degrades the response, the other ones still answer
             log.exception("retriever %s failed", name)
-            hits, error = [], f"{type(exc).__name__}: {exc}"
+            hits, error = [], error_text(exc)
         now = time.perf_counter()
         trace = StageTrace(name, "retriever", 0, len(hits), len(hits), (now - t) * 1e3, (now - t0) * 1e3,
                            [h.id for h in hits], [h.score for h in hits], error)
@@ -304,7 +304,7 @@ class Cascade:
                         note, cut = f"shrunk to {window} candidates to fit the budget", "shrunk"
                 except Exception as exc:  # degrade: keep the previous order, flag the stage
                     log.exception("stage %s failed", stage.name)
-                    out, error, note, cut = cands, f"{type(exc).__name__}: {exc}", None, None
+                    out, error, note, cut = cands, error_text(exc), None, None
             now = time.perf_counter()
             scored = 0 if error or cut == "skipped" else out.scored.get(stage.name, 0)
             if scored:
@@ -355,14 +355,21 @@ class Cascade:
         if want:
             t = time.perf_counter()
             error = None
+            parts: list[Any] = []
             try:
-                if getattr(self.features, "needs_fields", True):
-                    await self._fill_fields(cands, 0, len(cands))
-                cands = await self.features(query, cands)
+                both = cands
+                fill = (lambda: self._fill_fields(both, 0, len(both))) if getattr(self.features, "needs_fields",
+                                                                                  True) else None
+                # Stored fields and the backend's own feature round trip (if any) are fetched concurrently.
+                cands, parts = await self.features.run(query, cands, fill=fill)
             except Exception as exc:  # stages that need features will fail and be flagged too
                 log.exception("feature extraction failed")
-                error = f"{type(exc).__name__}: {exc}"
+                error = error_text(exc)
             now = time.perf_counter()
+            for part in parts:  # e.g. keyword_features: its own time; a failure flags it, features still serve
+                traces.append(StageTrace(part.name, "features", len(cands), len(cands),
+                                         0 if part.error else len(cands), part.ms, (now - t0) * 1e3,
+                                         list(cands.ids), cands.score.tolist(), part.error))
             traces.append(StageTrace("features", "features", len(cands), len(cands), 0 if error else len(cands),
                                      (now - t) * 1e3, (now - t0) * 1e3, list(cands.ids), cands.score.tolist(), error))
         return cands, traces

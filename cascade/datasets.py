@@ -7,20 +7,24 @@ by default the load stops there, ``skip_bad=True`` skips and counts instead.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
+import re
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
 from cascade.errors import CorpusError, DatasetError
 from cascade.settings import Settings
+from cascade.text import LONE_SURROGATE, SURROGATE_ESCAPE, lone_surrogate
 
 # Public BEIR archives (https://github.com/beir-cellar/beir): names that can be downloaded when not local.
 BEIR_PUBLIC = {
@@ -31,9 +35,23 @@ BEIR_PUBLIC = {
 
 @dataclass
 class LoadStats:
+    """Lines read and skipped while loading a corpus: one count for every reason a line is bad.
+
+    Both the parse (``iter_corpus``) and the typing of fields (:func:`connectors.records.typed_fields`)
+    report through :meth:`bad`, so the CLI's message and the index manifest give the same number.
+    """
+
     read: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)  # the first few skipped lines, for the report
+
+    def bad(self, source: str, line_no: int, reason: str, skip: bool) -> None:
+        """Count a bad line under ``skip``; else raise CorpusError (FILE:LINE: reason)."""
+        if not skip:
+            raise CorpusError(source, line_no, f"{reason} (use --skip-bad-lines to skip and count such lines)")
+        self.skipped += 1
+        if len(self.errors) < 5:
+            self.errors.append(f"line {line_no}: {reason}")
 
 
 def corpus_file(folder: Path) -> Path:
@@ -49,8 +67,13 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
+def _open_bytes(path: Path) -> IO[bytes]:
+    """Corpus files are read as bytes and decoded line by line, so one bad byte is one bad line, not a crash."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
 def count_lines(path: Path) -> int:
-    with _open_text(path) as fh:
+    with _open_bytes(path) as fh:
         return sum(1 for line in fh if line.strip())
 
 
@@ -59,31 +82,40 @@ def iter_corpus(path: Path, skip_bad: bool = False, stats: LoadStats | None = No
     stats = stats if stats is not None else LoadStats()
     seen: set[str] = set()
     try:
-        fh = _open_text(path)
+        fh = _open_bytes(path)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot open: {exc.strerror or exc}") from None
     with fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = _parse_record(line, seen)
-            except ValueError as exc:
-                if not skip_bad:
-                    raise CorpusError(str(path), n, f"{exc} (use --skip-bad-lines to skip and count such lines)") from None
-                stats.skipped += 1
-                if len(stats.errors) < 5:
-                    stats.errors.append(f"line {n}: {exc}")
-                continue
-            stats.read += 1
-            yield n, rec
+        try:
+            for n, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    rec = _parse_record(raw[3:] if n == 1 and raw.startswith(codecs.BOM_UTF8) else raw, seen)
+                except ValueError as exc:
+                    stats.bad(str(path), n, str(exc), skip_bad)
+                    continue
+                stats.read += 1
+                yield n, rec
+        except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz
+            raise DatasetError(f"{path}: cannot read past line {stats.read + stats.skipped}: {exc}") from None
 
 
-def _parse_record(line: str, seen: set[str]) -> dict:
+def _parse_record(raw: bytes, seen: set[str]) -> dict:
     try:
-        rec = json.loads(line)
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line)") from None
+    try:
+        rec = json.loads(line, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
+    if SURROGATE_ESCAPE.search(raw):
+        bad = lone_surrogate(rec)
+        if bad is not None:
+            raise ValueError(f"{bad}: {LONE_SURROGATE}")
     if not isinstance(rec, dict):
         raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
     if "_id" not in rec:
@@ -96,6 +128,12 @@ def _parse_record(line: str, seen: set[str]) -> dict:
         raise ValueError(f"duplicate _id {rec['_id']!r}")
     seen.add(rec["_id"])
     return rec
+
+
+def _no_constant(name: str) -> float:
+    """JSON has no NaN or Infinity; Python's parser accepts them, and a NaN in a number field breaks filters."""
+    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity; write null for a missing value)")
+
 
 
 def load_queries(folder: Path) -> dict[str, str]:

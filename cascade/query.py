@@ -8,6 +8,7 @@ answers it: ``{"journal": "Nature"}`` (term), ``{"journal": ["Nature", "Cell"]}`
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,25 +74,56 @@ def to_epoch_seconds(value: Any, name: str) -> float:
     raise QueryError(name, f"expected a date (ISO 8601 string), got {type(value).__name__}")
 
 
-def _coerce(value: Any, ftype: str, name: str) -> Any:
+INT64 = (-(1 << 63), (1 << 63) - 1)  # an integer field's values (tantivy i64, OpenSearch long)
+# Dates as epoch seconds that every backend stores: tantivy keeps nanoseconds in an i64 (1677-09-22 .. 2262-04-11).
+DATE_SECONDS = (-9223372036.0, 9223372036.0)
+DATE_RANGE_TEXT = "1677-09-22 to 2262-04-11 (the dates an index can hold)"
+
+
+def _coerce(value: Any, ftype: str, name: str, bound: bool = False) -> Any:
+    """A filter value as the field stores it, with the same rules as indexing (connectors/records.py).
+
+    Keyword fields take strings, and integers (indexing stores an integer keyword
+    value as its decimal text, so the filter 7 matches the stored "7"). Number
+    fields take finite JSON numbers only: "2005" is refused rather than parsed,
+    so a client that quotes numbers learns it at once. Dates take ISO strings or
+    epoch seconds. A range bound beyond what the field can hold is moved to
+    its edge (the same documents match); a term beyond it is refused.
+    """
     if ftype == "keyword":
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)
-        raise QueryError(name, f"expected a string for keyword field, got {type(value).__name__}")
+        raise QueryError(name, f"expected a string for keyword field, got {_shown(value)}")
     if ftype in ("integer", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:
-                    return int(value) if ftype == "integer" else float(value)
-                except ValueError:
-                    pass
-            raise QueryError(name, f"expected a number for {ftype} field, got {value!r}")
-        if ftype == "integer" and isinstance(value, float) and not value.is_integer():
+            hint = " (a string: send the number without quotes)" if isinstance(value, str) else ""
+            raise QueryError(name, f"expected a number for {ftype} field, got {_shown(value)}{hint}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise QueryError(name, f"expected a finite number, got {value!r}")
+        if ftype == "float":
+            return float(value)
+        if not bound and isinstance(value, float) and not value.is_integer():
             raise QueryError(name, f"expected an integer, got {value!r}")
-        return int(value) if ftype == "integer" else float(value)
+        return _within(int(value) if isinstance(value, int) else value, INT64, name, bound, "the 64-bit integer range")
     if ftype == "date":
-        return to_epoch_seconds(value, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise QueryError(name, f"expected a date, got {value!r}")
+        return float(_within(to_epoch_seconds(value, name), DATE_SECONDS, name, bound, DATE_RANGE_TEXT))
     raise QueryError(name, f"field of type {ftype} cannot be filtered on")
+
+
+def _within(value: Any, edges: tuple[Any, Any], name: str, bound: bool, what: str) -> Any:
+    lo, hi = edges
+    if lo <= value <= hi:
+        return value
+    if bound:
+        return lo if value < lo else hi
+    raise QueryError(name, f"{_shown(value)} is outside {what}, so it matches nothing a field can hold")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_filters(filters: dict[str, Any], field_types: dict[str, str]) -> tuple[Filter, ...]:
@@ -113,7 +145,7 @@ def parse_filters(filters: dict[str, Any], field_types: dict[str, str]) -> tuple
                 raise QueryError(key, f"range filters take {', '.join(RANGE_OPS)}; got {sorted(spec) or 'nothing'}")
             if ftype == "keyword":
                 raise QueryError(key, "range filters need a numeric or date field")
-            bounds = {op: _coerce(v, ftype, f"{key}.{op}") for op, v in spec.items()}
+            bounds = {op: _coerce(v, ftype, f"{key}.{op}", bound=True) for op, v in spec.items()}
             out.append(RangeFilter(fname, ftype, **bounds))
         elif isinstance(spec, list):
             if not spec:

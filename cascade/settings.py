@@ -91,8 +91,35 @@ class Settings(BaseSettings):
     max_queued_searches: int = Field(
         default=64, ge=0, le=100_000, description="Uncached searches allowed to wait; beyond that: 503 with Retry-After."
     )
+    max_queue_wait_s: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="An uncached search expected to wait longer than this for a slot (or than its own budget or "
+                    "the search timeout) gets 503 with Retry-After at once instead of queueing.",
+    )
     search_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="A request waits this long for its cascade.")
     max_request_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted (413 above).")
+    # Connection hygiene (`cascade serve`): a client may not hold a connection without sending a request.
+    http_keepalive_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="An open connection with no request in progress (new, or between requests) is closed after this.",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="A request's line and headers must arrive within this from its first byte (408 and close).",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="A request's body must arrive within this after its headers (408 and close).",
+    )
+    http_max_header_bytes: int = Field(
+        default=16_384, ge=1024, le=1 << 24,
+        description="Largest request line plus headers accepted (431 and close above).",
+    )
+    public_ops_endpoints: bool = Field(
+        default=True,
+        description="Serve /metrics, /docs, /redoc and /openapi.json without a key; false: they need "
+                    "CASCADE_ADMIN_API_KEY (header X-API-Key) like /v1/admin/*.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -123,32 +123,43 @@ async def _never() -> None:  # pragma: no cover - only reached through the open 
     return None
 
 
-def _no_retry():
-    from redis.backoff import NoBackoff
+def reconnect_once() -> Any:
+    """redis-py's retry policy for every cascade Redis client: one retry, on a fresh connection, for a
+    connection error only.
 
-    return NoBackoff()
+    After Redis restarts, every pooled connection is dead; the first command on
+    each fails with "Connection closed by server". Retrying that once on a new
+    connection (redis-py disconnects the dead one before it retries) answers the
+    command instead of tripping the breaker for a second of uncached searches.
+    Timeouts are not retried: a paused or slow Redis is what the breaker is for.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 class RedisCache:
-    """redis-py asyncio over a ``BlockingConnectionPool``, with short timeouts and no client-side retries."""
+    """redis-py asyncio over a ``BlockingConnectionPool``, with short timeouts and one reconnect per command."""
 
     backend = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.1, max_connections: int = 64, retry_s: float = 1.0,
                  on_error: ErrorHook | None = None):
         import redis.asyncio as aredis
-        from redis.asyncio.retry import Retry
 
         self.url = url
         self.timeout_s = timeout_s
         self.on_error = on_error
         self.breaker = Breaker(retry_s)
-        # A failed command is not retried here: the breaker decides when Redis is worth another try.
-        kwargs = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(_no_retry(), 0),
+        # A dead pooled connection is replaced and the command retried once (reconnect_once); any other
+        # failure is not retried here: the breaker decides when Redis is worth another try.
+        kwargs = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=reconnect_once(),
                       health_check_interval=0)
         self.pool = aredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout_s,
                                                           **kwargs)
-        self.client = aredis.Redis(connection_pool=self.pool, retry=Retry(_no_retry(), 0))
+        self.client = aredis.Redis(connection_pool=self.pool, retry=reconnect_once())
         self.errors = 0
         self.skipped = 0
         self._pending: list[tuple[str, asyncio.Future]] = []

@@ -20,6 +20,7 @@ import numpy as np
 import tantivy
 
 from cascade.config import IndexConfig, KnnConfig
+from cascade.datasets import LoadStats
 from cascade.errors import CorpusError
 from cascade.query import to_epoch_seconds
 from cascade.settings import Settings
@@ -73,10 +74,14 @@ def build_index(
     source: str,
     total: int | None = None,
     skip_bad: bool = False,
+    stats: LoadStats | None = None,
     on_progress: Callable[[str, int, int | None], None] | None = None,
     chunk: int = 512,
 ) -> BuildReport:
     """Ingest ``records`` (line number, record) into a fresh index folder, replacing any previous one.
+
+    ``stats`` is the one count of bad lines: pass the one ``iter_corpus`` fills, so lines it skipped
+    and lines whose fields are bad are reported (and recorded in the manifest) as one number.
 
     The index is written beside its final place and renamed at the end, so an
     interrupted build never leaves a half index that a later run would reuse.
@@ -100,7 +105,7 @@ def build_index(
     offsets = [0]
     vec_chunks: list[np.ndarray] = []
     embed_s = 0.0
-    skipped = 0
+    stats = stats if stats is not None else LoadStats()
     emb_fields = cfg.embedder.fields
 
     def flush(batch: list[tuple[int, dict]]) -> None:
@@ -114,9 +119,8 @@ def build_index(
         with open(tmp / "docs.jsonl", "wb") as docs_out:
             batch: list[tuple[int, dict]] = []
             for line_no, rec in records:
-                fields = typed_fields(rec, line_no, cfg, source, skip_bad)
+                fields = typed_fields(rec, line_no, cfg, source, stats, skip_bad)
                 if fields is None:
-                    skipped += 1
                     continue
                 row = len(ids)
                 ids.append(rec["_id"])
@@ -144,11 +148,11 @@ def build_index(
                     flush(batch)
                     batch = []
                     if on_progress:
-                        on_progress("index", len(ids) + skipped, total)
+                        on_progress("index", len(ids) + stats.skipped, total)
             if batch:
                 flush(batch)
             if on_progress:
-                on_progress("index", len(ids) + skipped, total)
+                on_progress("index", len(ids) + stats.skipped, total)
         if not ids:
             raise CorpusError(source, 0, "no documents to index")
         writer.commit()
@@ -172,7 +176,7 @@ def build_index(
             faiss.write_index(hnsw, str(tmp / "hnsw.faiss"))
             ann = "hnsw"
         manifest = {
-            "format": FORMAT_VERSION, "index": cfg.index, "docs": len(ids), "skipped": skipped,
+            "format": FORMAT_VERSION, "index": cfg.index, "docs": len(ids), "skipped": stats.skipped,
             "fingerprint": cfg.index_fingerprint(), "embedder": embedder.name, "dim": embedder.dim,
             "embedder_max_length": embedder.max_length, "embedder_dtype": embedder.dtype, "ann": ann, "source": source,
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -193,7 +197,7 @@ def build_index(
         del writer, index
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return BuildReport(len(ids), skipped, time.perf_counter() - t0, embed_s, final)
+    return BuildReport(len(ids), stats.skipped, time.perf_counter() - t0, embed_s, final)
 
 
 class _ColumnBuilder:

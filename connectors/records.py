@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 from cascade.config import IndexConfig
-from cascade.errors import CorpusError
-from cascade.query import to_epoch_seconds
+from cascade.datasets import LoadStats
+from cascade.query import DATE_RANGE_TEXT, DATE_SECONDS, INT64, to_epoch_seconds
 
 
 def lookup(doc: dict[str, Any], dotted: str) -> Any:
@@ -43,29 +45,46 @@ def extract_fields(rec: dict, cfg: IndexConfig) -> dict[str, Any]:
         elif f.type in ("integer", "float"):
             if isinstance(v, bool):
                 raise ValueError(f"field {name!r}: expected a number, got {v!r}")
-            try:
-                num = float(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"field {name!r}: expected a number, got {v!r}") from None
-            if f.type == "integer":
-                if not num.is_integer():
-                    raise ValueError(f"field {name!r}: expected an integer, got {v!r}")
-                num = int(num)
-            out[name] = num
+            out[name] = _number(name, f.type, v)
         elif f.type == "date":
             try:
-                to_epoch_seconds(v, name)
+                secs = to_epoch_seconds(v, name)
             except Exception:
-                raise ValueError(f"field {name!r}: expected a date like 2021-03-04, got {v!r}") from None
+                raise ValueError(f"field {name!r}: expected a date like 2021-03-04, got {str(v)[:80]!r}") from None
+            if not DATE_SECONDS[0] <= secs <= DATE_SECONDS[1]:  # NaN fails this too
+                raise ValueError(f"field {name!r}: {str(v)[:80]!r} is outside {DATE_RANGE_TEXT}")
             out[name] = v
     return out
 
 
-def typed_fields(rec: dict, line_no: int, cfg: IndexConfig, source: str, skip_bad: bool) -> dict[str, Any] | None:
-    """The record's fields, or None when it is bad and ``skip_bad`` (the caller counts it); else CorpusError."""
+def _number(name: str, ftype: str, v: Any) -> int | float:
+    """A finite number in the backends' range: NaN would match range filters on one path and not the other."""
+    if isinstance(v, int) and ftype == "integer":
+        if not INT64[0] <= v <= INT64[1]:
+            raise ValueError(f"field {name!r}: {v} is outside the 64-bit integer range")
+        return v
+    try:
+        num = float(v)
+    except OverflowError:
+        raise ValueError(f"field {name!r}: {str(v)[:40]} is too large for a number field") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"field {name!r}: expected a number, got {str(v)[:80]!r}") from None
+    if not math.isfinite(num):
+        raise ValueError(f"field {name!r}: {v!r} is not a finite number")
+    if ftype == "integer":
+        if not num.is_integer():
+            raise ValueError(f"field {name!r}: expected an integer, got {v!r}")
+        if not INT64[0] <= num <= INT64[1]:
+            raise ValueError(f"field {name!r}: {v!r} is outside the 64-bit integer range")
+        return int(num)
+    return num
+
+
+def typed_fields(rec: dict, line_no: int, cfg: IndexConfig, source: str, stats: LoadStats,
+                 skip_bad: bool) -> dict[str, Any] | None:
+    """The record's fields, or None when it is bad and ``skip_bad`` (counted in ``stats``); else CorpusError."""
     try:
         return extract_fields(rec, cfg)
     except ValueError as exc:
-        if not skip_bad:
-            raise CorpusError(source, line_no, f"{exc} (use --skip-bad-lines to skip and count such lines)") from None
+        stats.bad(source, line_no, str(exc), skip_bad)
         return None

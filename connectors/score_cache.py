@@ -13,7 +13,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING, Protocol
 
-from connectors.cache import LRU, Breaker, ErrorHook
+from connectors.cache import LRU, Breaker, ErrorHook, reconnect_once
 
 if TYPE_CHECKING:
     from cascade.settings import Settings
@@ -62,13 +62,11 @@ class RedisPairStore:
     def __init__(self, url: str, *, timeout_s: float = 0.1, max_connections: int = 16, retry_s: float = 1.0,
                  on_error: ErrorHook | None = None):
         import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
 
         self.pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
-        self.client = aioredis.Redis(connection_pool=self.pool, retry=Retry(NoBackoff(), 0))
+            socket_connect_timeout=timeout_s, retry=reconnect_once())
+        self.client = aioredis.Redis(connection_pool=self.pool, retry=reconnect_once())
         self.timeout_s = timeout_s
         self.breaker = Breaker(retry_s)
         self.on_error = on_error

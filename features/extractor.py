@@ -8,7 +8,8 @@ the whole candidate set at once; no engine plugin and no second query.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import numpy as np
 
@@ -113,16 +114,18 @@ class FeatureExtractor:
         if ft.query:
             self.groups.append(QueryGroup(next(iter(text.values()), "english")))
         self.names = [n for g in self.groups for n in g.names()]
+        # Where keyword features come from: a model trained on one source's values is refused on another's.
+        self.keyword_source: str | None = getattr(source, "keyword_source", "embedded") if ft.keyword else None
         # Phrase matches, dates and numeric fields are read from stored fields (so is every keyword feature
         # on a backend without a forward index): the controller fetches them for every candidate first.
         self.needs_fields = bool(ft.keyword or ft.recency or ft.numeric) or getattr(source, "needs_fields", False)
         self.fingerprint = ft.fingerprint()
 
-    def compute(self, query: "Query", candidates: Candidates) -> np.ndarray:
+    def compute(self, query: "Query", candidates: Candidates, memo: dict[str, Any] | None = None) -> np.ndarray:
         if self.source is None:
             raise RuntimeError("feature extractor has no data source")
         n = len(candidates)
-        ctx = FeatureContext(query, candidates, self.source)
+        ctx = FeatureContext(query, candidates, self.source, dict(memo or {}))
         blocks = [np.asarray(g.compute(ctx), dtype=np.float64).reshape(n, -1) for g in self.groups]
         x = np.hstack(blocks) if blocks else np.zeros((n, 0))
         bad = ~np.isfinite(x)
@@ -131,15 +134,40 @@ class FeatureExtractor:
             raise ValueError(f"non-finite feature values in {cols}")
         return x.astype(np.float32)
 
-    async def __call__(self, query: "Query", candidates: Candidates) -> Candidates:
-        x = await asyncio.to_thread(self.compute, query, candidates) if len(candidates) else np.zeros((0, len(self.names)), np.float32)
+    async def run(self, query: "Query", candidates: Candidates,
+                  fill: Callable[[], Awaitable[None]] | None = None) -> tuple[Candidates, list[FeaturePart]]:
+        """Compute the features; ``fill`` (fetching stored fields) runs concurrently with the source's own
+        round trip (``prefetch``: OpenSearch's feature queries), whose time and failure come back as parts
+        (name, ms, error) for the trace. A failed part leaves its features at their missing values."""
+        prefetch = getattr(self.source, "prefetch", None) if len(candidates) else None
+        jobs: list[Awaitable[Any]] = [fill()] if fill is not None else []
+        if prefetch is not None:
+            jobs.append(prefetch(query, candidates))
+        got = await asyncio.gather(*jobs) if jobs else []
+        memo, parts = got[-1] if prefetch is not None else ({}, [])
+        x = (await asyncio.to_thread(self.compute, query, candidates, memo) if len(candidates)
+             else np.zeros((0, len(self.names)), np.float32))
         candidates.features, candidates.feature_names = x, list(self.names)
-        return candidates
+        return candidates, [FeaturePart(*p) for p in parts]
+
+    async def __call__(self, query: "Query", candidates: Candidates) -> Candidates:
+        return (await self.run(query, candidates))[0]
+
+
+@dataclass(frozen=True)
+class FeaturePart:
+    """A part of the features step with its own trace entry (a backend's feature round trip)."""
+
+    name: str
+    ms: float
+    error: str | None = None
 
 
 def feature_source_for(backend: Any, cfg: "IndexConfig") -> FeatureSource:
     if hasattr(backend, "field_terms") and hasattr(backend, "doc_vectors"):
         return EmbeddedFeatureSource(backend)
+    if hasattr(backend, "feature_source"):  # the backend knows how to get features from its engine
+        return backend.feature_source(cfg)
     from cascade.config import KnnConfig
 
     if cfg.features is not None and cfg.features.keyword is not None and not hasattr(backend, "collection_stats"):

@@ -1,5 +1,10 @@
 """Keyword features: exact per-field BM25 and query-term coverage, from the backend's global statistics.
 
+A backend whose feature source has ``keyword_columns`` (OpenSearch: the
+cluster's own BM25 and named-clause matches, see
+:mod:`connectors.opensearch.features`) gives the same five columns per field
+itself; the embedded backend's are computed here from its forward index.
+
 BM25 here is the classic Lucene/tantivy form,
 ``idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))`` with
 ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, summed over query terms (a term
@@ -50,6 +55,10 @@ class KeywordGroup:
 
     def compute(self, ctx: "FeatureContext") -> np.ndarray:
         n = len(ctx.candidates)
+        from_engine = getattr(ctx.source, "keyword_columns", None)
+        if from_engine is not None:  # a backend that scores these itself (OpenSearch's feature queries)
+            cols = [from_engine(ctx, field, kind) for field, kind in self.fields.items()]
+            return np.hstack(cols) if cols else np.zeros((n, 0))
         cols = []
         phrase = normalize_phrase(ctx.query.text)
         for field, kind in self.fields.items():

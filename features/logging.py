@@ -64,7 +64,8 @@ async def log_features(
     table = pa.table({**{k: pa.array(v) for k, v in cols.items()},
                       **{name: pa.array(x[:, j]) for j, name in enumerate(names)}})
     meta = {"index": cascade.config.index, "source": source, "feature_names": names,
-            "feature_version": cascade.features.version, "feature_fingerprint": cascade.features.fingerprint}
+            "feature_version": cascade.features.version, "feature_fingerprint": cascade.features.fingerprint,
+            "keyword_source": cascade.features.keyword_source}
     table = table.replace_schema_metadata({b"cascade": json.dumps(meta).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
@@ -88,6 +89,9 @@ def read_log(paths: list[Path]) -> tuple[dict, "object"]:
         m = json.loads(raw)
         if meta is not None and m["feature_names"] != meta["feature_names"]:
             raise DatasetError(f"{p}: its feature set differs from {paths[0]}; log them with the same config")
+        if meta is not None and m.get("keyword_source") != meta.get("keyword_source"):
+            raise DatasetError(f"{p}: its keyword features were computed by the {m.get('keyword_source')} backend, "
+                               f"those of {paths[0]} by the {meta.get('keyword_source')} backend; train on one")
         meta = meta or m
         tables.append(t)
     return meta, pa.concat_tables(tables)

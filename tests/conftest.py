@@ -100,3 +100,16 @@ def tiny_index(settings: Settings):
     cfg = tiny_config()
     build_index(cfg, ((i + 1, dict(d)) for i, d in enumerate(TINY_DOCS)), settings, source="tiny.jsonl")
     return cfg, settings
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """CLI commands run against indexes, configs and caches under ``tmp_path`` (their settings re-read)."""
+    from cascade.settings import get_settings
+
+    monkeypatch.setenv("CASCADE_INDEX_DIR", str(tmp_path / "idx"))
+    monkeypatch.setenv("CASCADE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("CASCADE_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()

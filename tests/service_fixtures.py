@@ -197,14 +197,17 @@ def redis_server(tmp_path):
 
 
 class ServerThread:
-    """uvicorn serving ``app`` on a free loopback port in a thread of this process."""
+    """uvicorn serving ``app`` on a free loopback port in a thread of this process, configured like `cascade serve`
+    (``server_config``: the same protocol, connection limits and loop), with ``settings``' HTTP limits."""
 
-    def __init__(self, app):
+    def __init__(self, app, settings: Settings | None = None):
         import uvicorn
 
+        from cascade.service import server_config
+
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", access_log=False))
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, settings or Settings(),
+                                                   access_log=False, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

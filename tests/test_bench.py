@@ -56,3 +56,51 @@ def test_combination_sweep_lists_every_variant(ce_cascade):
     assert res.previous == "first" and res.queries == 3  # combined with the stage before the last cross-encoder
     assert res.section() == ("combine-tiny", "Combining the cross-encoder with first (tiny test)")
     assert "| 0 | - | first alone |" in res.markdown("cascade bench-combine", "a machine")
+
+
+@pytest.fixture
+def ce_index(settings, models_dir):
+    """The tiny corpus built with a cross-encoder stage in its config (what `cascade serve` is given)."""
+    cfg = tiny_config(stages=[{"type": "cross_encoder", "model": "minilm-l6-ce-v1", "rerank": 6, "max_length": 64}])
+    build_index(cfg, ((i + 1, dict(d)) for i, d in enumerate(TINY_DOCS)), settings, source="tiny")
+    return cfg, settings
+
+
+def test_overload_run_adds_up_and_sheds(ce_index, tmp_path):
+    from rich.console import Console
+
+    from cascade.bench import overload
+
+    cfg, settings = ce_index
+    cfg = overload.cheap_config(cfg, with_cross_encoder=True)
+    assert not cfg.cache.enabled and not cfg.cache.pair_scores and len(cfg.stages) == 1
+    # One slot and two queue places, so that 8 clients really overflow a tiny index; A turns away anything that
+    # would wait at all, B (the old behaviour) only what finds the queue full.
+    policies = [overload.Policy("A", "admission", 1, 2, 0.001), overload.Policy("B", "queue only", 1, 2, 3600)]
+    assert policies[1].env()["CASCADE_MAX_QUEUE_WAIT_S"] == "3600"
+    r = overload.run(cfg, settings, [*QUERIES.values(), "solar batteries", "wind farms", "gene cells"],
+                     clients=[4, 8], duration_s=2, policies=policies, alone=2)
+    assert [(x.policy, x.clients) for x in r.levels] == [("A", 4), ("A", 8), ("B", 4), ("B", 8)]
+    assert r.queries == 6 and len(r.alone_ms["A"]) == len(r.alone_took_ms["B"]) == 2
+    for x in r.levels:
+        assert x.requests == x.ok + x.rejected + x.errors and x.requests > 0 and x.ok > 0
+        assert x.rejected == x.rejected_wait + x.rejected_full == len(x.retry_after_s)
+        assert 0 <= x.rejected_share <= 1 and x.rejected_share == pytest.approx(x.rejected / x.requests)
+        assert x.server_rejected == x.rejected  # the service counted the same 503s
+        assert x.errors == 0 and x.wall_s >= 2 and x.ok_per_s == pytest.approx(x.ok / x.wall_s)
+        assert all(s >= 1 for s in x.retry_after_s)  # whole seconds, at least 1
+    a, b = [r.level(p, 8) for p in ("A", "B")]
+    assert a.rejected_full == 0 and a.rejected_wait > 0  # nobody queues under A, so the queue is never full
+    assert b.rejected_wait == 0 and b.rejected_full > 0  # B turns away only beyond the queue bound
+    text = r.markdown("cascade bench-overload --clients 4 --clients 8", "a machine", image="img/overload.png")
+    assert "Command: `cascade bench-overload --clients 4 --clients 8`" in text
+    assert f"| A | 8 | {a.requests} | {a.ok} | {a.rejected} |" in text and "![p99 latency" in text
+    assert "CASCADE_MAX_QUEUE_WAIT_S=3600" in text and "`cache.enabled: false`" in text
+    assert r.section() == ("overload-tiny", "HTTP service under overload: admission (503 + Retry-After) "
+                                            "against queueing")
+    con = Console(width=80, record=True)
+    for t in r.tables():
+        con.print(t)
+    shown = con.export_text()
+    assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80
+    assert overload.plot(r, tmp_path / "overload.png").stat().st_size > 0

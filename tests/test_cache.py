@@ -162,6 +162,76 @@ async def test_admission_bounds_running_and_waiting():
     assert adm.running == 0 and adm.waiting == 0
 
 
+async def test_admission_sheds_a_search_whose_expected_wait_is_longer_than_it_can_wait():
+    """Regression: 64 uncached clients all queued for ~18.5 s (none got a 503) with the default limits."""
+    adm = Admission(limit=2, queue=100, max_wait_s=1.0)
+    gate = asyncio.Event()
+
+    async def hold(deadline_s=None):
+        async with adm.slot(deadline_s):
+            await gate.wait()
+
+    held = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    for _ in range(6):  # nothing is known about how long a search takes yet: only the queue bound applies
+        held.append(asyncio.create_task(hold()))
+    await asyncio.sleep(0.01)
+    assert adm.running == 2 and adm.waiting == 6 and adm.expected_wait_s() == 0.0
+    adm.hold_s = 0.5  # as if recent searches held a slot half a second
+    assert adm.expected_wait_s() == (6 + 1) / 2 * 0.5
+    with pytest.raises(Overloaded, match=r"expected wait for a search slot is 1\.8 s .* longer than the 1\.0 s") as e:
+        async with adm.slot():
+            pass
+    assert e.value.retry_after in ("2", "3")  # 1.75 s, spread by up to half again
+    gate.set()
+    await asyncio.gather(*held)
+    assert adm.running == adm.waiting == 0 and adm.hold_s is not None
+
+    # Queue of 0..3 ahead on two slots at 0.5 s each: waits 0.25, 0.5, 0.75, 1.0 s are taken, 1.25 s is not.
+    adm, gate = Admission(limit=2, queue=100, max_wait_s=1.0), asyncio.Event()
+    adm.hold_s = 0.5
+    held = [asyncio.create_task(hold()) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    for _ in range(4):
+        held.append(asyncio.create_task(hold()))
+        await asyncio.sleep(0.01)
+    assert adm.waiting == 4
+    with pytest.raises(Overloaded):
+        async with adm.slot():
+            pass
+    # A request's own deadline (its budget) is tighter than max_wait_s.
+    with pytest.raises(Overloaded, match="longer than the 0.2 s"):
+        async with adm.slot(deadline_s=0.2):
+            pass
+    gate.set()
+    await asyncio.gather(*held)
+    async with adm.slot(deadline_s=0.001) as waited:  # a free slot: no wait, never shed
+        assert waited < 0.1
+
+
+async def test_admission_counts_a_waking_waiter_as_occupying_its_slot():
+    """Regression (found by the overload benchmark): right after a release, running was limit - 1 while
+    others still waited, and an arrival in that moment skipped both the queue bound and the wait check."""
+    adm = Admission(limit=2, queue=3, max_wait_s=10.0)
+    adm.running, adm.waiting, adm.interval_s = 1, 3, 0.5  # one slot just released, its waiter not yet running
+    assert adm.ahead() == 3 and adm.expected_wait_s() == 1.5
+    with pytest.raises(Overloaded, match="1 searches running and 3 waiting"):
+        async with adm.slot():
+            pass
+
+
+async def test_admission_learns_the_interval_between_finishing_searches_under_load():
+    adm = Admission(limit=1, queue=10, max_wait_s=None)
+
+    async def hold():
+        async with adm.slot():
+            await asyncio.sleep(0.05)
+
+    tasks = [asyncio.create_task(hold()) for _ in range(4)]
+    await asyncio.gather(*tasks)
+    assert adm.interval_s is not None and 0.04 <= adm.interval_s <= 0.2  # one finish every ~50 ms
+
+
 async def test_pair_scores_come_from_redis_the_second_time(redis_server):
     inner = CountingScorer(stamp="m1")
     store = RedisPairStore(redis_server.url, timeout_s=0.2, retry_s=0.2)

@@ -13,13 +13,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CASCADE_INDEX_DIR", str(tmp_path / "idx"))
-    monkeypatch.setenv("CASCADE_CONFIG_DIR", str(tmp_path / "configs"))
-    monkeypatch.setenv("CASCADE_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
+def env(cli_env):
+    return cli_env
 
 
 def run(*args):

@@ -231,10 +231,11 @@ def test_disabled_stage_is_not_built(tiny_index):
     c = open_cascade(off, settings)
     assert c.stages == [] and [p["name"] for p in c.plan()] == ["bm25", "knn", "fusion"]
     on = tiny_config(stages=[{"type": "cross_encoder", "model": "no-such-model"}])
-    from cascade.errors import ModelNotFound
+    from cascade.errors import ConfigError
 
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(ConfigError) as e:  # a missing model is a config error at its key
         open_cascade(on, settings)
+    assert e.value.key == "stages.0.model" and "no-such-model" in e.value.reason
 
 
 # --- regressions found in review ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_from_plus_size_bound():
 
 
 def test_text_is_stripped_and_filters_typed():
-    q = v(Query("  solar  ", filters={"journal": "Energy", "year": {"gte": 2019, "lt": "2022"},
+    q = v(Query("  solar  ", filters={"journal": "Energy", "year": {"gte": 2019, "lt": 2022},
                                       "published": {"gte": "2020-01-01"}, "cites": [1, 2.5]}))
     assert q.text == "solar"
     assert q.parsed_filters == (
@@ -61,12 +61,32 @@ def test_text_is_stripped_and_filters_typed():
         ({"journal": []}, "filters.journal", "empty list"),
         ({"journal": 3.5}, "filters.journal", "expected a string"),
         ({"year": True}, "filters.year", "expected a number"),
+        # Numbers are JSON numbers: a quoted one is refused, not parsed (the same rule as indexing).
+        ({"year": "2005"}, "filters.year", "send the number without quotes"),
+        ({"cites": {"lt": "2.5"}}, "filters.cites.lt", "send the number without quotes"),
+        ({"cites": float("nan")}, "filters.cites", "finite"),
+        ({"year": {"gte": float("-inf")}}, "filters.year.gte", "finite"),
+        ({"year": 2**70}, "filters.year", "64-bit"),
+        ({"published": "2300-01-01"}, "filters.published", "1677-09-22 to 2262-04-11"),
     ],
 )
 def test_bad_filters_name_the_field(filters, field, text):
     with pytest.raises(QueryError) as e:
         parse_filters(filters, TYPES)
     assert e.value.field == field and text in e.value.message, str(e.value)
+
+
+def test_keyword_filters_take_integers_as_indexing_stores_them():
+    """Indexing stores an integer keyword value as its decimal text; a filter integer matches that text."""
+    assert parse_filters({"journal": 7}, TYPES) == (TermFilter("journal", "keyword", ("7",)),)
+    assert parse_filters({"journal": [7, "Energy"]}, TYPES) == (TermFilter("journal", "keyword", ("7", "Energy")),)
+
+
+def test_range_bounds_beyond_a_field_match_like_its_edge():
+    (f,) = parse_filters({"year": {"gte": 1e300}}, TYPES)
+    assert f.gte == 2**63 - 1
+    (f,) = parse_filters({"published": {"lt": "3000-01-01"}}, TYPES)
+    assert f.lt == 9223372036.0
 
 
 def test_filters_must_be_an_object():

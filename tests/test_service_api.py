@@ -334,16 +334,22 @@ def test_openapi_describes_the_api(client):
     assert search["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
 
 
+async def _opened(app):
+    """The app's service state once its indexes have left 'loading' (bounded: two minutes)."""
+    state = app.state.service
+    for _ in range(2400):
+        if state.registry.status != "loading":
+            break
+        await asyncio.sleep(0.05)
+    return state
+
+
 async def test_identical_misses_compute_once_and_overload_is_503(tmp_path, tiny_index_dir):
     write_config(tmp_path / "configs")
     app = create_app(make_settings(tmp_path, tiny_index_dir, max_concurrent_searches=1, max_queued_searches=1),
                      ConfigSource(directory=tmp_path / "configs"))
     async with app.router.lifespan_context(app):
-        state = app.state.service
-        for _ in range(2400):
-            if state.registry.status != "loading":
-                break
-            await asyncio.sleep(0.05)
+        state = await _opened(app)
         assert state.registry.status == "ready"
         slow = SlowSearch(state.registry.entries["tiny"].cascade, delay_s=0.4)
         state.registry.entries["tiny"].cascade.search = slow
@@ -360,10 +366,53 @@ async def test_identical_misses_compute_once_and_overload_is_503(tmp_path, tiny_
             codes = sorted(r.status_code for r in distinct)
             assert codes == [200, 200, 503], codes
             rejected = next(r for r in distinct if r.status_code == 503)
-            assert rejected.headers["retry-after"] == "1" and rejected.json()["error"]["type"] == "overloaded"
+            assert rejected.headers["retry-after"] in ("1", "2") and rejected.json()["error"]["type"] == "overloaded"
             metrics = (await http.get("/metrics")).text
             assert 'cascade_singleflight_shared_total{index="tiny"} 7.0' in metrics
             assert 'cascade_overload_rejections_total{index="tiny"} 1.0' in metrics
+
+
+async def test_overload_sheds_at_once_what_could_not_be_answered_in_time(tmp_path, tiny_index_dir):
+    """With one slot, a long queue allowed and searches holding it ~0.3 s, only as many wait as can start
+    within max_queue_wait_s; the rest get 503 + Retry-After at once rather than after queueing."""
+    write_config(tmp_path / "configs")
+    app = create_app(make_settings(tmp_path, tiny_index_dir, max_concurrent_searches=1, max_queued_searches=64,
+                                   max_queue_wait_s=1.0), ConfigSource(directory=tmp_path / "configs"))
+    async with app.router.lifespan_context(app):
+        state = await _opened(app)
+        slow = SlowSearch(state.registry.entries["tiny"].cascade, delay_s=0.3)
+        state.registry.entries["tiny"].cascade.search = slow
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cascade", timeout=30) as http:
+            assert (await http.post(SEARCH, json={"query": "warm the estimate"})).status_code == 200
+            hold = state.admission.hold_s
+            assert hold is not None and 0.3 <= hold < 1.0
+            expected_ok = 1 + int(1.0 // hold)  # one runs; the k-th waiter expects k * hold seconds
+
+            async def timed(i: int):
+                t = asyncio.get_running_loop().time()
+                r = await http.post(SEARCH, json={"query": f"protein fish {i}"})
+                return r, asyncio.get_running_loop().time() - t
+
+            got = await asyncio.gather(*(timed(i) for i in range(12)))
+            ok = [t for r, t in got if r.status_code == 200]
+            shed = [(r, t) for r, t in got if r.status_code == 503]
+            assert len(ok) + len(shed) == 12 and abs(len(ok) - expected_ok) <= 1, (len(ok), expected_ok, hold)
+            assert all(t < 0.2 for _, t in shed)  # turned away at once, not after waiting
+            assert max(ok) < 1.0 + 2 * hold  # nobody admitted waited much past the allowed wait
+            for r, _ in shed:
+                err = r.json()["error"]
+                assert err["type"] == "overloaded" and "expected wait" in err["message"]
+                assert int(r.headers["retry-after"]) >= 1
+            metrics = (await http.get("/metrics")).text
+            assert f'cascade_overload_rejections_total{{index="tiny"}} {float(len(shed))}' in metrics
+
+            # A budget tighter than the expected wait is shed even when max_queue_wait_s would allow it.
+            blockers = [asyncio.create_task(http.post(SEARCH, json={"query": f"gene block {i}"})) for i in range(2)]
+            await asyncio.sleep(0.05)
+            r = await http.post(SEARCH, json={"query": "gene budget", "budget_ms": 100})
+            assert r.status_code == 503 and "longer than the 0.1 s" in r.json()["error"]["message"]
+            await asyncio.gather(*blockers)
 
 
 def test_the_container_runs_the_service():

@@ -7,12 +7,14 @@ must come back by itself once Redis does.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -112,6 +114,63 @@ def test_a_paused_redis_costs_a_timeout_not_an_outage(served):
     time.sleep(0.4)
     assert http.post(SEARCH, json={"query": "protein folding"}).json()["cache"] == "miss"
     assert http.post(SEARCH, json={"query": "protein folding"}).json()["cache"] == "hit"
+
+
+def _errors(http) -> float:
+    m = http.get("/metrics").text
+    return sum(metric(m, "cascade_cache_errors_total", backend="redis", op=op) for op in ("get", "set", "get_skipped",
+                                                                                          "set_skipped"))
+
+
+def test_a_redis_restart_under_load_trips_no_breaker_once_redis_answers_ping(served):
+    """Regression: after a restart every pooled connection was dead, and each one's first command failed
+    ("Connection closed by server") and opened the breaker for a second of uncached searches."""
+    http, redis = served
+    queries = ["solar panels", "wind turbines", "battery storage", "deep sea fish", "gene expression",
+               "protein folding", "ocean glow", "cells electricity"]
+
+    def load(rounds: int) -> list[str]:
+        with httpx.Client(base_url=str(http.base_url), timeout=30) as c:
+            out = []
+            for i in range(rounds):
+                r = c.post(SEARCH, json={"query": queries[i % len(queries)]})
+                assert r.status_code == 200, r.text
+                out.append(r.json()["cache"])
+            return out
+
+    with ThreadPoolExecutor(8) as ex:  # eight clients at once: the pool holds several connections
+        list(ex.map(load, [16] * 8))
+    assert _errors(http) == 0
+    redis.stop()
+    redis.start()  # same port, empty; returns once it answers PING
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(load, [16] * 8))
+    assert _errors(http) == 0, "a stale pooled connection failed a command after Redis was back"
+    assert load(len(queries)) == ["hit"] * len(queries)  # refilled at once and served from Redis again
+    assert http.get("/readyz").json()["cache"]["state"] == "up"
+
+
+def test_the_pair_score_store_survives_a_redis_restart(redis_server):
+    from connectors.score_cache import RedisPairStore
+
+    errors: list[str] = []
+
+    async def run() -> None:
+        store = RedisPairStore(redis_server.url, timeout_s=0.2, retry_s=5.0, on_error=lambda op, e: errors.append(op))
+        try:
+            keys = [f"k{i}" for i in range(50)]
+            await store.set_many({k: b"x" for k in keys}, 60)
+            await asyncio.gather(*(store.get_many(keys) for _ in range(8)))  # several pooled connections
+            redis_server.stop()
+            redis_server.start()
+            await store.set_many({k: b"y" for k in keys}, 60)
+            got = await asyncio.gather(*(store.get_many(keys) for _ in range(8)))
+            assert all(v == [b"y"] * 50 for v in got)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    assert errors == []
 
 
 def _cli_env(tmp_path, index_dir, redis_url: str | None) -> dict[str, str]:

@@ -1,7 +1,8 @@
-"""Load generation and process plumbing for the HTTP service benchmark (:mod:`cascade.bench.serve`).
+"""Load generation and process plumbing for the HTTP service benchmarks (:mod:`cascade.bench.serve`, ``overload``).
 
-A throw-away redis-server, wrk (with a Lua script that POSTs a list of bodies)
-or a small asyncio/httpx generator when wrk is missing, CPU time of a process
+``cascade serve`` for one index on a free loopback port, a throw-away
+redis-server, wrk (with a Lua script that POSTs a list of bodies) or a small
+asyncio/httpx generator when wrk is missing, CPU time of a process
 from /proc, and one counter read from the service's Prometheus metrics. Every
 wait is bounded and every child process is stopped by whoever started it.
 """
@@ -15,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,9 @@ from typing import Callable
 
 import numpy as np
 
+from cascade.config import IndexConfig, dump_config
 from cascade.errors import CascadeError
+from cascade.settings import Settings
 
 
 @dataclass
@@ -64,6 +68,58 @@ def stop(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def serve_process(cfg: IndexConfig, settings: Settings, tmp: Path, env_extra: dict[str, str | None] | None = None,
+                  on_step: Callable[[str], None] = lambda s: None,
+                  ready_timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
+    """``cascade serve`` for ``cfg`` alone on a free loopback port, ready: ``(process, base URL)``.
+
+    The config goes to ``tmp/configs`` (the service reads it from there), its
+    stderr to ``tmp/serve.log``. The child gets this process's environment with
+    the index, trained and models folders of ``settings``, then ``env_extra``
+    (a None value removes the variable). The caller stops it (:func:`stop`);
+    when it does not become ready, it is stopped here and CascadeError says why.
+    """
+    import httpx
+
+    env = {**os.environ, "CASCADE_INDEX_DIR": str(settings.index_dir), "CASCADE_TRAINED_DIR": str(settings.trained_dir),
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    if settings.models_dir:
+        env["CASCADE_MODELS_DIR"] = str(settings.models_dir)
+    for k, v in (env_extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    (tmp / "configs").mkdir(exist_ok=True)
+    (tmp / "configs" / f"{cfg.index}.yaml").write_text(dump_config(cfg))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    on_step(f"starting cascade serve on {base}")
+    with open(tmp / "serve.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--host", "127.0.0.1", "--port",
+                                 str(port), "--index-config", str(tmp / "configs"), "--no-access-log"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            log_tail = (tmp / "serve.log").read_text()[-2000:]
+            raise CascadeError(f"cascade serve exited with {proc.returncode}: {log_tail}")
+        try:
+            r = httpx.get(base + "/readyz", timeout=2).json()
+        except httpx.HTTPError:
+            return False
+        if r["status"] == "unavailable":
+            raise CascadeError(f"index {cfg.index} cannot be served: {r['indexes'][cfg.index]['error']}")
+        return r["status"] == "ready"
+
+    try:
+        wait_for(ready, ready_timeout_s, "the service to be ready")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, base
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str, str] | None:

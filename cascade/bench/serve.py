@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,10 +29,9 @@ from typing import Callable
 from rich.table import Table
 
 from cascade.bench.common import BenchResult, head_lines, pct
-from cascade.bench.load import (LoadResult, cpu_seconds, free_port, metric, py_load, run_wrk, start_redis, stop,
-                                wait_for, wrk_script)
-from cascade.config import IndexConfig, dump_config
-from cascade.errors import CascadeError
+from cascade.bench.load import (LoadResult, cpu_seconds, metric, py_load, run_wrk, serve_process, start_redis, stop,
+                                wrk_script)
+from cascade.config import IndexConfig
 from cascade.query import Query
 from cascade.settings import Settings
 
@@ -104,42 +102,19 @@ def run(cfg: IndexConfig, settings: Settings, queries: list[str], *, concurrency
     redis_proc = None
     service = None
     try:
-        env = {**os.environ, "CASCADE_INDEX_DIR": str(settings.index_dir), "CASCADE_TRAINED_DIR": str(settings.trained_dir),
-               "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "TOKENIZERS_PARALLELISM": "false"}
-        if settings.models_dir:
-            env["CASCADE_MODELS_DIR"] = str(settings.models_dir)
+        env_extra: dict[str, str | None] = {}
         if settings.redis_url:
             res.cache_backend = "Redis at CASCADE_REDIS_URL"
         else:
             started = start_redis(tmp)
             if started is None:
-                env.pop("CASCADE_REDIS_URL", None)
+                env_extra["CASCADE_REDIS_URL"] = None
                 res.cache_backend = "in-process LRU (redis-server is not installed)"
             else:
                 redis_proc, url, res.redis_version = started
-                env["CASCADE_REDIS_URL"] = url
+                env_extra["CASCADE_REDIS_URL"] = url
                 res.cache_backend = f"Redis {res.redis_version} (redis-server on loopback, started for the run)"
-        (tmp / "configs").mkdir()
-        (tmp / "configs" / f"{cfg.index}.yaml").write_text(dump_config(cfg))
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        on_step(f"starting cascade serve on {base}")
-        service = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--host", "127.0.0.1", "--port",
-                                    str(port), "--index-config", str(tmp / "configs"), "--no-access-log"],
-                                   env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "w"))
-
-        def ready() -> bool:
-            if service.poll() is not None:
-                raise CascadeError(f"cascade serve exited with {service.returncode}: {(tmp / 'serve.log').read_text()[-2000:]}")
-            try:
-                r = httpx.get(base + "/readyz", timeout=2).json()
-            except httpx.HTTPError:
-                return False
-            if r["status"] == "unavailable":
-                raise CascadeError(f"index {cfg.index} cannot be served: {r['indexes'][cfg.index]['error']}")
-            return r["status"] == "ready"
-
-        wait_for(ready, 600, "the service to be ready")
+        service, base = serve_process(cfg, settings, tmp, env_extra, on_step=on_step)
         search_url = f"{base}/v1/indexes/{cfg.index}/search"
         bodies = [json.dumps({"query": t, "size": size}) for t in texts]
 

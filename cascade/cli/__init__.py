@@ -9,7 +9,7 @@ registers the commands, in the order ``cascade --help`` lists them:
 - :mod:`cascade.cli.config`: ``config check|show``
 - :mod:`cascade.cli.train`: ``features log``, ``train ltr|cross-encoder|eval-cross-encoder``
 - :mod:`cascade.cli.models`: ``models export-onnx``
-- :mod:`cascade.cli.bench`: ``bench``, ``bench-combine|ltr|serve|backends|microbatch``
+- :mod:`cascade.cli.bench`: ``bench``, ``bench-combine|ltr|serve|overload|backends|microbatch``
 - :mod:`cascade.cli.common`: what they share (consoles, errors, progress, settings, configs, datasets)
 """
 
@@ -37,6 +37,7 @@ app.command("bench")(bench.bench_cmd)
 app.command("bench-combine")(bench.bench_combine)
 app.command("bench-ltr")(bench.bench_ltr)
 app.command("bench-serve")(bench.bench_serve)
+app.command("bench-overload")(bench.bench_overload)
 app.add_typer(models_app, name="models")
 app.command("bench-backends")(bench.bench_backends_cmd)
 app.command("bench-microbatch")(bench.bench_microbatch_cmd)

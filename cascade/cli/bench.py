@@ -142,6 +142,45 @@ def bench_serve(
         _write_section(report, res, command=f"make bench ({_command()})")
 
 
+def bench_overload(
+    dataset: str = typer.Option("scifact", help="Dataset whose queries to send (its index must be built)."),
+    split: str = typer.Option("test"),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Index (default: the dataset's name)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N queries."),
+    clients: list[int] = typer.Option([16, 64, 128], min=1, help="Concurrent clients of a level (repeatable)."),
+    duration: int = typer.Option(20, min=1, max=300, help="Seconds of load per level (the in-flight ones finish)."),
+    with_cross_encoder: bool = typer.Option(True, help="Keep cross-encoder stages (an uncached search must cost "
+                                            "enough for queueing to matter)."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="PNG of p99 latency and 503 share against clients."),
+) -> None:
+    """Uncached searches under overload: the admission policy (503 + Retry-After) beside queueing only."""
+    _setup()
+    from cascade.bench import overload as bench
+    from connectors.embedded import index_exists
+
+    try:
+        queries, qrels = _judged(dataset, split)
+        cfg = _config_for(index_name or dataset, None, create=False)
+        if cfg.backend.type == "embedded" and not index_exists(cfg, _settings()):
+            raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
+                               f"(or `cascade demo --prepare-only`) first")
+        cfg = bench.cheap_config(cfg, with_cross_encoder)
+        texts = [queries[q] for q in qrels if q in queries][:limit]
+        res = bench.run(cfg, _settings(), texts, clients=clients, duration_s=duration,
+                        on_step=lambda s: err.print(f"[dim]{s}[/]"))
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    for t in res.tables():
+        console.print(t)
+    if plot_out:
+        bench.plot(res, plot_out)
+    if report:
+        _write_section(report, res, command=f"make bench ({_command()})",
+                       image=os.path.relpath(plot_out, report.parent) if plot_out else None)
+
+
 def bench_backends_cmd(
     dataset: str = typer.Option("scifact", help="Dataset with a built index and a cross_encoder stage in its config."),
     split: str = typer.Option("test", help="qrels split (for minilm-l6-ce-v1 only SciFact test is clean)."),

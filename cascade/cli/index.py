@@ -31,11 +31,11 @@ def _build(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
             if phase == "hnsw":
                 prog.update(task, description=f"building HNSW graph for {cfg.index}")
             else:
-                prog.update(task, completed=done + stats.skipped)
+                prog.update(task, completed=done)
 
         rep = build_index(cfg, iter_corpus(corpus, skip_bad=skip_bad, stats=stats), s, source=str(corpus),
-                          total=total, skip_bad=skip_bad, on_progress=on_progress)
-    skipped = stats.skipped + rep.skipped
+                          total=total, skip_bad=skip_bad, stats=stats, on_progress=on_progress)
+    skipped = rep.skipped  # parse and field errors, one count (the manifest records the same)
     err.print(f"indexed [bold]{rep.docs}[/] documents into {rep.path} in {rep.seconds:.1f} s "
               f"(embedding {rep.embed_seconds:.1f} s)" + (f"; [yellow]skipped {skipped} bad lines[/]" if skipped else ""))
     for e in stats.errors:
@@ -53,13 +53,13 @@ def _build_opensearch(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
     with _progress() as prog:
         task = prog.add_task(f"loading {cfg.backend.index_name(cfg.index)} at {hosts}", total=total)
         rep = asyncio.run(load_corpus(cfg, iter_corpus(corpus, skip_bad=skip_bad, stats=stats), _settings(),
-                                      source=str(corpus), rebuild=rebuild, skip_bad=skip_bad,
-                                      on_progress=lambda done: prog.update(task, completed=done + stats.skipped)))
+                                      source=str(corpus), rebuild=rebuild, skip_bad=skip_bad, stats=stats,
+                                      on_progress=lambda done: prog.update(task, completed=done)))
     if rep.existed:
         err.print(f"index [bold]{rep.index}[/] already exists at {hosts} ({rep.count} documents); "
                   f"--rebuild deletes it and loads it again")
         return
-    skipped = stats.skipped + rep.skipped
+    skipped = rep.skipped  # parse and field errors, one count
     err.print(f"loaded [bold]{rep.docs}[/] documents into {rep.index} at {hosts} in {rep.seconds:.1f} s "
               f"(embedding {rep.embed_seconds:.1f} s; the index holds {rep.count})"
               + (f"; [yellow]skipped {skipped} bad lines[/]" if skipped else ""))

@@ -46,7 +46,7 @@ def _serve(source, host: Optional[str], port: Optional[int], access_log: bool,
               f"-d {shlex.quote(body)}", markup=False)
     err.print(f"  API: {url}/docs   metrics: {url}/metrics   stop: Ctrl-C", markup=False)
     logging.getLogger("cascade.service").setLevel(logging.INFO)
-    run_server(create_app(s, source), host, port, access_log=access_log)
+    run_server(create_app(s, source), host, port, access_log=access_log, settings=s)
 
 
 def serve(

@@ -139,3 +139,15 @@ def _in_hub_cache(name: str) -> bool:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:
         return False
+
+
+def display_name(name: str) -> str:
+    """A loaded model's name without the server's folders: ``minilm-l6-ce-v1`` for ``/srv/models/minilm-l6-ce-v1``.
+
+    An ONNX graph keeps its folder (``model-onnx/model.int8.onnx``) so the two graphs of one export differ;
+    hub names (``org/model``) and remote model names are not paths and stay as they are.
+    """
+    if not os.path.isabs(name):
+        return name
+    p = Path(name)
+    return f"{p.parent.name}/{p.name}" if p.suffix == ".onnx" else p.name

@@ -50,6 +50,20 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 SearchHandler = Callable[[str, bytes, str], Awaitable[tuple[int, bytes, dict[str, str]]]]
+# Operations endpoints: public by default (scrapers, API explorers); CASCADE_PUBLIC_OPS_ENDPOINTS=false puts
+# them behind the admin key. /healthz and /readyz stay open for load balancers; they name no files.
+OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def admin_refusal(secret: str | None, key: bytes | str | None) -> ApiError | None:
+    """None when ``key`` is the admin key; else the 403 (no key configured) or 401 to answer."""
+    if not secret:
+        return ApiError(403, "X-API-Key", "admin endpoints are off: set CASCADE_ADMIN_API_KEY", "forbidden")
+    given = key.encode("utf-8", "replace") if isinstance(key, str) else key
+    if not given or not hmac.compare_digest(given, secret.encode("utf-8")):
+        return ApiError(401, "X-API-Key", "missing or wrong API key", "unauthorized",
+                        headers={"WWW-Authenticate": "ApiKey"})
+    return None
 _SEARCH_PATH = re.compile(r"^/v1/indexes/([^/]+)/search$")
 
 
@@ -63,8 +77,10 @@ class RequestGuard:
     (and answers if this guard is left out).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, search: SearchHandler | None = None):
+    def __init__(self, app: ASGIApp, max_bytes: int, search: SearchHandler | None = None,
+                 ops_key: str | None = None, ops_protected: bool = False):
         self.app, self.max_bytes, self.search = app, max_bytes, search
+        self.ops_key, self.ops_protected = ops_key, ops_protected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,6 +112,12 @@ class RequestGuard:
                            limit=max_bytes if too_big else None)
             await JSONResponse(err.body(rid), status_code=err.status)(scope, receive, send_with_id)
             return
+        if self.ops_protected and scope["path"] in OPS_PATHS:
+            refusal = admin_refusal(self.ops_key, dict(scope["headers"]).get(b"x-api-key"))
+            if refusal is not None:
+                await JSONResponse(refusal.body(rid), status_code=refusal.status,
+                                   headers=refusal.headers)(scope, receive, send_with_id)
+                return
         if self.search is not None and scope["method"] == "POST":
             m = _SEARCH_PATH.match(scope["path"])
             if m is not None:
@@ -186,7 +208,7 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
             try:
                 body = SearchRequest.model_validate_json(raw)
             except ValidationError as exc:
-                raise errors.validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+                raise errors.body_error(exc, raw) from None
             entry = state.entry(index)
             profile = body.profile or (entry.opened.default_profile if entry.opened else "default")
             stable, cache, budget = await run_search(state, entry, body, request_id)
@@ -198,17 +220,16 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
         m.child(m.request_seconds, index, cache).observe(took / 1e3)
         return 200, finish(stable, cache, request_id, took, budget), {}
 
-    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, search=answer_search)
+    secret = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+    app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, search=answer_search,
+                       ops_key=secret, ops_protected=not settings.public_ops_endpoints)
 
     api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="CASCADE_ADMIN_API_KEY")
 
     def require_admin(key: Annotated[str | None, Depends(api_key)]) -> None:
-        secret = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
-        if not secret:
-            raise ApiError(403, "X-API-Key", "admin endpoints are off: set CASCADE_ADMIN_API_KEY", "forbidden")
-        if not key or not hmac.compare_digest(key.encode("utf-8", "replace"), secret.encode("utf-8")):
-            raise ApiError(401, "X-API-Key", "missing or wrong API key", "unauthorized",
-                           headers={"WWW-Authenticate": "ApiKey"})
+        refusal = admin_refusal(secret, key)
+        if refusal is not None:
+            raise refusal
 
     def info(e: IndexEntry) -> IndexInfo:
         c = e.config

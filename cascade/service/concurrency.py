@@ -8,14 +8,18 @@ loses the cache fill.
 
 Admission: a cascade is CPU-bound model inference; running more of them at
 once than the machine has cores only makes each slower. A bounded number run,
-a bounded number wait, and the rest are turned away at once (503 with
-Retry-After) instead of queueing until every caller times out. Cache hits
-never pass through here.
+a bounded number wait, and a request that would wait longer than it can (its
+budget, the search timeout, CASCADE_MAX_QUEUE_WAIT_S) is turned away at once
+(503 with Retry-After) instead of queueing until every caller times out.
+Cache hits never pass through here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
@@ -49,29 +53,97 @@ class SingleFlight(Generic[T]):
 
 
 class Overloaded(Exception):
-    """More uncached searches are waiting than the service is configured to queue."""
+    """An uncached search turned away at once: the queue is full, or its wait would outlast the request."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after(self) -> str:
+        """The Retry-After header: whole seconds, at least 1."""
+        return str(max(1, math.ceil(self.retry_after_s)))
 
 
 class Admission:
-    def __init__(self, limit: int, queue: int):
-        self.limit, self.queue = limit, queue
+    """At most ``limit`` uncached searches run; the rest wait, unless waiting cannot pay.
+
+    A request is turned away at once (503 + Retry-After) when ``queue`` are
+    already waiting, or when its expected wait exceeds what it has: the
+    tighter of its own deadline (its latency budget, the search timeout) and
+    ``max_wait_s``. The expected wait is the number of searches that must
+    finish before it starts, times the recent interval between finishing
+    searches while others waited (an exponentially weighted mean: it follows
+    the load, contention included); before any such interval is seen, the
+    recent time a search held a slot divided among the slots. A caller told to
+    come back in two seconds can retry elsewhere; one left queueing for twenty
+    gets the same answer later, after everybody behind it waited too.
+
+    Occupancy counts running and waiting searches together: right after a
+    slot is released its next holder is still waking up, and an arrival in
+    that moment must not see a free slot ahead of the queue.
+    """
+
+    def __init__(self, limit: int, queue: int, max_wait_s: float | None = None, alpha: float = 0.2):
+        self.limit, self.queue, self.max_wait_s, self.alpha = limit, queue, max_wait_s, alpha
         self._sem = asyncio.Semaphore(limit)
         self.running = 0
         self.waiting = 0
+        self.hold_s: float | None = None  # recent mean time a search holds a slot; None until one finished
+        self.interval_s: float | None = None  # recent mean time between finishing searches while others waited
+        self._last_done: float | None = None
+
+    def ahead(self) -> int:
+        """Searches that must finish before one arriving now can start (0: a slot is free for it)."""
+        return max(0, self.running + self.waiting + 1 - self.limit)
+
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait for a slot (0 while one is free or nothing is known)."""
+        n = self.ahead()
+        if n == 0:
+            return 0.0
+        if self.interval_s is not None:
+            return n * self.interval_s
+        return n * self.hold_s / self.limit if self.hold_s is not None else 0.0
+
+    def _observe(self, held_s: float, now: float, saturated: bool) -> None:
+        a = self.alpha
+        self.hold_s = held_s if self.hold_s is None else self.hold_s + a * (held_s - self.hold_s)
+        if saturated and self._last_done is not None:
+            gap = now - self._last_done
+            self.interval_s = gap if self.interval_s is None else self.interval_s + a * (gap - self.interval_s)
+        self._last_done = now if saturated else None
+
+    def _refuse(self, message: str, wait_s: float) -> Overloaded:
+        # Spread the retries: clients told the same second come back together and meet a full queue again.
+        return Overloaded(message, max(wait_s, 1.0) * random.uniform(1.0, 1.5))
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._sem.locked() and self.waiting >= self.queue:
-            raise Overloaded(f"{self.running} searches running and {self.waiting} waiting (the limits are "
-                             f"{self.limit} and {self.queue}); retry shortly")
+    async def slot(self, deadline_s: float | None = None) -> AsyncIterator[float]:
+        """Hold a slot; yields the seconds spent waiting for it (which the caller's budget has lost)."""
+        if self.ahead() > 0:
+            wait = self.expected_wait_s()
+            if self.waiting >= self.queue:
+                raise self._refuse(f"{self.running} searches running and {self.waiting} waiting (the limits are "
+                                   f"{self.limit} and {self.queue}); retry shortly", wait)
+            allowed = min((x for x in (deadline_s, self.max_wait_s) if x is not None), default=None)
+            if allowed is not None and wait > allowed:
+                raise self._refuse(f"the expected wait for a search slot is {wait:.1f} s ({self.waiting} waiting "
+                                   f"for {self.limit} slots), longer than the {allowed:.1f} s this request can "
+                                   f"wait; retry later", wait)
+        t0 = time.perf_counter()
         self.waiting += 1
         try:
             await self._sem.acquire()
         finally:
             self.waiting -= 1
+        waited = time.perf_counter() - t0
         self.running += 1
+        t1 = time.perf_counter()
         try:
-            yield
+            yield waited
         finally:
             self.running -= 1
+            now = time.perf_counter()
+            self._observe(now - t1, now, saturated=self.waiting > 0)
             self._sem.release()

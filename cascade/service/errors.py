@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cascade.errors import ConfigError, QueryError
+from cascade.text import LONE_SURROGATE, SURROGATE_ESCAPE, lone_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,25 @@ def validation_error(exc: RequestValidationError | list[dict[str, Any]]) -> ApiE
         if field == "query" and kind == "string_too_short":
             msg, limit = "query text is empty", None
     return ApiError(422, field, msg, kind, limit=limit)
+
+
+def body_error(exc: ValidationError, raw: bytes) -> ApiError:
+    """The error for a request body pydantic refused, naming the field even when the JSON parser could not.
+
+    pydantic's parser refuses a lone surrogate escape (``"\\ud800"``) as malformed
+    JSON, which would blame the whole body; Python's parser reads it, so the
+    field holding it can be named.
+    """
+    errs = exc.errors()
+    if errs and errs[0].get("type") == "json_invalid" and SURROGATE_ESCAPE.search(raw):
+        try:
+            field = lone_surrogate(json.loads(raw))
+        except (ValueError, RecursionError):
+            field = None
+        if field:
+            return ApiError(422, field, LONE_SURROGATE,
+                            "invalid_text")
+    return validation_error([{**e, "loc": ("body", *e["loc"])} for e in errs])
 
 
 async def handle_api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -28,6 +28,7 @@ from cascade.config import BUILTIN_CONFIG_DIR, IndexConfig, load_config_dir, loa
 from cascade.controller import Cascade
 from cascade.errors import ConfigError
 from cascade.settings import Settings
+from cascade.text import public_reason
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ class ConfigSource:
         """Parse and validate every config; the first bad file raises ConfigError (file, key, reason)."""
         out: dict[str, tuple[IndexConfig, Path]] = {}
         if self.directory is not None:
-            if self.directory.is_dir() or not self.builtin_fallback:
-                cfgs = load_config_dir(self.directory)
-                out.update({n: (c, self.directory / f"{n}.yaml") for n, c in cfgs.items()})
+            directory = self.directory.absolute()  # errors name files by their full path
+            if directory.is_dir() or not self.builtin_fallback:
+                cfgs = load_config_dir(directory)
+                out.update({n: (c, directory / f"{n}.yaml") for n, c in cfgs.items()})
             if self.builtin_fallback:
                 for p in sorted(BUILTIN_CONFIG_DIR.glob("*.yaml")):
                     if p.stem not in out and self._built(p.stem):
@@ -66,7 +68,7 @@ class ConfigSource:
             return out
         for p in self.files:
             c = load_config_file(p)
-            out[c.index] = (c, p)
+            out[c.index] = (c, p.absolute())
         return out
 
     def _built(self, name: str) -> bool:
@@ -83,7 +85,8 @@ class IndexEntry:
     source: Path
     status: Status = "loading"
     opened: OpenedIndex | None = None
-    error: str | None = None
+    error: str | None = None  # why it cannot serve, as public answers show it (no server paths)
+    detail: str | None = None  # the same with everything, for the log and the admin's reload answer
     fingerprints: dict[str, str] = field(default_factory=dict)  # per profile
     opened_s: float = 0.0
     active: int = 0  # searches running on this entry's cascades
@@ -104,6 +107,10 @@ class IndexEntry:
 
     def profiles(self) -> list[str]:
         return list(self.opened.profiles) if self.opened is not None else self.config.profile_names()
+
+    def fail(self, reason: str) -> None:
+        """Mark the index unavailable: the full reason for logs and admins, a path-free one for everyone else."""
+        self.status, self.detail, self.error = "unavailable", reason, public_reason(reason)
 
 
 @dataclass
@@ -155,11 +162,11 @@ def open_entry(cfg: IndexConfig, source: Path, settings: Settings, pair_store: A
         if strict:
             raise
         log.exception("index %s cannot be opened", cfg.index)
-        entry.status, entry.error = "unavailable", _reason()
+        entry.fail(_reason())
         return entry
     except Exception:  # a missing index, an unreachable cluster, a model that will not load
         log.exception("index %s cannot be opened", cfg.index)
-        entry.status, entry.error = "unavailable", _reason()
+        entry.fail(_reason())
         return entry
     entry.fingerprints = {n: fingerprint(c) for n, c in entry.opened.profiles.items()}
     entry.opened_s = time.perf_counter() - t0

@@ -207,15 +207,18 @@ async def compute(state: ServiceState, entry: IndexEntry, view: Cascade, query: 
     m = state.metrics
     entry.active += 1
     try:
-        async with state.admission.slot():
+        deadline_s = min(state.settings.search_timeout_s, budget.ms / 1e3) if budget else state.settings.search_timeout_s
+        async with state.admission.slot(deadline_s) as waited_s:
             m.in_flight.inc()
             try:
-                res = await view.search(query, validated=True, budget_ms=budget.ms if budget else None)
+                # The budget counts from arrival: what the queue took, the stages cannot have.
+                left = max(budget.ms - waited_s * 1e3, 1.0) if budget else None
+                res = await view.search(query, validated=True, budget_ms=left)
             finally:
                 m.in_flight.dec()
     except Overloaded as exc:
         m.rejected.labels(entry.name).inc()
-        raise ApiError(503, None, f"overloaded: {exc}", "overloaded", headers={"Retry-After": "1"}) from None
+        raise ApiError(503, None, f"overloaded: {exc}", "overloaded", headers={"Retry-After": exc.retry_after}) from None
     except QueryError as exc:
         raise from_query_error(exc) from None
     except AllRetrieversFailed as exc:  # the backend, not the request; its details go to the log only

@@ -36,13 +36,17 @@ class ServiceState:
         self.pair_store: Any = None
         self.registry = Registry()
         self.singleflight: SingleFlight = SingleFlight()
-        self.admission = Admission(settings.max_concurrent_searches, settings.max_queued_searches)
+        self.admission = self._admission()
         self.reload_lock = asyncio.Lock()
         self.loader: asyncio.Task | None = None
         self.started_at = time.time()
         self._closing: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ wiring
+
+    def _admission(self) -> Admission:
+        s = self.settings
+        return Admission(s.max_concurrent_searches, s.max_queued_searches, max_wait_s=s.max_queue_wait_s)
 
     def _cache_error(self, op: str, exc: BaseException) -> None:
         self.metrics.cache_errors.labels(self.cache.backend, op).inc()
@@ -70,7 +74,7 @@ class ServiceState:
     async def start(self) -> None:
         """Read every config now (a bad file stops start-up), open the indexes in the background."""
         # Guards bind to the running loop: build them here, not when the app object is made.
-        self.admission = Admission(self.settings.max_concurrent_searches, self.settings.max_queued_searches)
+        self.admission = self._admission()
         self.reload_lock = asyncio.Lock()
         self.singleflight = SingleFlight()
         configs = self.source.read()
@@ -108,8 +112,7 @@ class ServiceState:
                 res = await casc.search(Query(text=WARMUP_QUERY, size=1))
             except Exception as exc:
                 log.exception("index %s: warm-up search of profile %s failed", entry.name, name)
-                entry.status, entry.error = "unavailable", f"warm-up search of profile {name} failed: " \
-                                                           f"{type(exc).__name__}: {exc}"
+                entry.fail(f"warm-up search of profile {name} failed: {type(exc).__name__}: {exc}")
                 return
             if res.degraded:
                 log.warning("index %s profile %s: warm-up search degraded (%s)", entry.name, name,
@@ -175,7 +178,7 @@ class ServiceState:
                     self.metrics.reloads.labels("rejected").inc()
                     for e in (*new.values(), entry):
                         await self._close(e)
-                    raise ApiError(422, None, f"index {name}: {entry.error}; the running cascades keep serving",
+                    raise ApiError(422, None, f"index {name}: {entry.detail}; the running cascades keep serving",
                                    "reload_rejected", file=str(path))
                 new[name] = entry
             old = self.registry

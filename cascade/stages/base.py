@@ -84,11 +84,13 @@ class BuildContext:
     pair_store: Any = None  # where pair scores are cached (None: not cached)
     pair_ttl_s: float = 86_400
     on_pair_lookup: Callable[[str, int, int], None] | None = None  # (index, found, scored)
+    keyword_source: str | None = None  # who computes the profile's keyword features ("embedded", "opensearch")
     _scorers: dict[Any, Any] = field(default_factory=dict)
 
-    def at(self, key: str, feature_names: list[str] | None = None) -> "BuildContext":
+    def at(self, key: str, feature_names: list[str] | None = None,
+           keyword_source: str | None = None) -> "BuildContext":
         """The same context (same memoized scorers) for the stage at ``key``."""
-        return dataclasses.replace(self, key=key, feature_names=feature_names)
+        return dataclasses.replace(self, key=key, feature_names=feature_names, keyword_source=keyword_source)
 
     def scorer(self, key: Any, load: Callable[[], Any], *, micro_batch: Any = None, cacheable: bool = False) -> Any:
         """The composed scorer for ``key`` (built once per opened index): see :mod:`cascade.models.scorers`."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cascade.candidates import Candidates
 from cascade.endpoints import RemoteEndpoint, fold_flat_keys
+from cascade.models.lookup import display_name
 from cascade.models.pair_encoding import CHARS_PER_TOKEN_CAP, fallback_scores
 from cascade.stages.base import BuildContext, Reranker, StageConfigBase
 
@@ -126,7 +127,8 @@ class CrossEncoderStage(Reranker):
         return fallback_scores(raw, np.isfinite(raw))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "backend": self.cfg.backend, "model": self.scorer.name,
+        # describe() is served publicly: the model's name, not the folder it was loaded from.
+        return {**super().describe(), "backend": self.cfg.backend, "model": display_name(self.scorer.name),
                 "max_length": self.cfg.max_length, "dtype": getattr(self.scorer, "dtype", None)}
 
     def model_stamp(self) -> str | None:

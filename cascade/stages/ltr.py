@@ -46,10 +46,12 @@ class LTRConfig(StageConfigBase):
         folder = resolve_model_dir(self.model, ctx.settings)
         if folder is None:
             raise ConfigError(where, key, f"model {self.model!r} not found as a path, under "
-                              f"{ctx.settings.trained_dir} or under {ctx.settings.models_dir}; "
+                              f"{Path(ctx.settings.trained_dir).absolute()} or under "
+                              f"{Path(ctx.settings.models_dir).absolute() if ctx.settings.models_dir else '(no CASCADE_MODELS_DIR)'}; "
                               f"train one with `cascade train ltr`")
+        folder = folder.absolute()  # errors about the model name its files by full path
         model = ctx.shared(("ltr", str(folder.resolve()), file_stamp(folder)), lambda: LTRModel.load(folder))
-        model.check_features(ctx.feature_names, where, key)
+        model.check_features(ctx.feature_names, where, key, ctx.keyword_source)
         return LTRStage(self, model)
 
 
@@ -92,9 +94,24 @@ class LTRModel:
                               f"lists {len(meta['features']['names'])}")
         return cls(booster, meta, folder)
 
-    def check_features(self, index_names: list[str] | None, where: str, key: str) -> None:
+    @property
+    def keyword_source(self) -> str | None:
+        """Who computed the keyword features it was trained on (models from before this was recorded: the
+        embedded backend, the only one that computed them)."""
+        recorded = self.meta["features"].get("keyword_source")
+        return recorded or ("embedded" if any(n.startswith("kw.") for n in self.feature_names) else None)
+
+    def check_features(self, index_names: list[str] | None, where: str, key: str,
+                       keyword_source: str | None = None) -> None:
         if index_names is None:
             raise ConfigError(where, "features", "the ltr stage needs a `features:` section in the index config")
+        mine = self.keyword_source
+        if keyword_source and mine and keyword_source != mine and index_names == self.feature_names:
+            # Same names, other values: the cluster's BM25 and analyzers are not cascade's.
+            raise ConfigError(where, key, f"model {self.folder} was trained on keyword features computed by the "
+                              f"{mine} backend; this index computes them on the {keyword_source} backend, where "
+                              f"their values differ. Log features on this backend (`cascade features log`) and "
+                              f"train again (`cascade train ltr`)")
         if index_names != self.feature_names:
             missing = [n for n in self.feature_names if n not in index_names]
             extra = [n for n in index_names if n not in self.feature_names]
@@ -125,8 +142,8 @@ class LTRStage(Reranker):
         return await asyncio.to_thread(self.model.predict, candidates.features)
 
     def describe(self):
-        return {**super().describe(), "model": str(self.model.folder),
-                "features": len(self.model.feature_names)}
+        # The model as the config names it: describe() is served publicly, folders stay in the logs.
+        return {**super().describe(), "model": self.cfg.model, "features": len(self.model.feature_names)}
 
     def model_stamp(self) -> str | None:
         return self._stamp

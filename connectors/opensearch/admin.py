@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from cascade.config import IndexConfig, OpenSearchBackendConfig
+from cascade.datasets import LoadStats
 from cascade.errors import ConfigError
 from cascade.query import to_epoch_seconds
 from cascade.settings import Settings
@@ -104,6 +105,7 @@ async def load_records(
     source: str,
     report: LoadReport,
     skip_bad: bool = False,
+    stats: LoadStats | None = None,
     batch_size: int = 256,
     on_progress: Callable[[int], None] | None = None,
 ) -> LoadReport:
@@ -132,10 +134,11 @@ async def load_records(
             on_progress(report.docs + len(report.failed) + report.skipped)
         batch.clear()
 
+    stats = stats if stats is not None else LoadStats()
     for line_no, rec in records:
-        fields = typed_fields(rec, line_no, cfg, source, skip_bad)
+        fields = typed_fields(rec, line_no, cfg, source, stats, skip_bad)
+        report.skipped = stats.skipped
         if fields is None:
-            report.skipped += 1
             continue
         batch.append((rec["_id"], fields))
         if len(batch) >= batch_size:
@@ -156,6 +159,7 @@ async def load_corpus(
     source: str,
     rebuild: bool = False,
     skip_bad: bool = False,
+    stats: LoadStats | None = None,
     batch_size: int = 256,
     on_progress: Callable[[int], None] | None = None,
     cluster: Cluster | None = None,
@@ -185,6 +189,6 @@ async def load_corpus(
         report.existed, report.count = True, int(resp.get("count", 0))
         return report
     await load_records(cluster, cfg, index, records, embed, source=source, report=report, skip_bad=skip_bad,
-                       batch_size=batch_size, on_progress=on_progress)
+                       stats=stats, batch_size=batch_size, on_progress=on_progress)
     report.seconds = time.perf_counter() - t0
     return report

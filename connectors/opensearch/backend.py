@@ -170,6 +170,16 @@ class OpenSearchBackend:
         self._stats[key] = (now + self.b.stats_ttl_s, stats)
         return stats
 
+    def feature_source(self, cfg: IndexConfig) -> Any:
+        """LTR features on this backend: keyword features from the cluster's scoring (one ``_msearch``)."""
+        from connectors.opensearch.features import OpenSearchFeatureSource
+
+        ft = cfg.features
+        text = {n: f.analyzer for n, f in cfg.fields.items() if f.type == "text"}
+        keyword = {f: text[f] for f in (ft.keyword.fields or list(text))} if ft is not None and ft.keyword else {}
+        knn = [n for n, r in cfg.retrievers.items() if isinstance(r, KnnConfig)]
+        return OpenSearchFeatureSource(self, keyword, cfg.embedder.fields, knn)
+
     async def close(self) -> None:
         """Close the cluster session of this event loop (a reload calls this)."""
         await self.cluster.close()

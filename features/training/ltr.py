@@ -161,7 +161,8 @@ def train_ltr(paths: list[Path], out: Path, *, valid_fraction: float = 0.2, seed
     meta = {
         "format": MODEL_FORMAT,
         "features": {"names": data.names, "version": data.meta.get("feature_version"),
-                     "fingerprint": data.meta.get("feature_fingerprint"), "index": data.meta.get("index")},
+                     "fingerprint": data.meta.get("feature_fingerprint"), "index": data.meta.get("index"),
+                     "keyword_source": data.meta.get("keyword_source")},
         "training_data": {"files": [str(p_) for p_ in paths], "sha256": file_hash(paths),
                           "rows": int(len(data.x)), "queries": len(qids), "source": data.meta.get("source")},
         "params": {k: v for k, v in p.items()},
