@@ -66,6 +66,7 @@ bench: venv local-settings redis wrk
 	$(BIN)/cascade eval --dataset scifact --split test --profile default --profile ce-deep --report docs/benchmarks.md
 	$(BIN)/cascade bench-serve --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-overload --dataset scifact --split test --report docs/benchmarks.md --plot docs/img/overload.png
+	$(BIN)/cascade bench-os-features --dataset scifact --split test --report docs/benchmarks.md
 	# API fuzzing: 5,000+ schemathesis cases against a real uvicorn server; fails on any 5xx.
 	CASCADE_SCHEMATHESIS_CASES=5000 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_service_schemathesis.py
 	$(BIN)/cascade bench-ltr --dataset scifact --split test --candidates 200 --report docs/benchmarks.md

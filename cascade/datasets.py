@@ -73,8 +73,12 @@ def _open_bytes(path: Path) -> IO[bytes]:
 
 
 def count_lines(path: Path) -> int:
-    with _open_bytes(path) as fh:
-        return sum(1 for line in fh if line.strip())
+    """Non-blank lines (the progress bar's total); a file that cannot be read through is a DatasetError."""
+    try:
+        with _open_bytes(path) as fh:
+            return sum(1 for line in fh if line.strip())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: cannot be read to its end: {exc}") from None
 
 
 def iter_corpus(path: Path, skip_bad: bool = False, stats: LoadStats | None = None) -> Iterator[tuple[int, dict]]:

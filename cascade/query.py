@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,17 +79,21 @@ INT64 = (-(1 << 63), (1 << 63) - 1)  # an integer field's values (tantivy i64, O
 # Dates as epoch seconds that every backend stores: tantivy keeps nanoseconds in an i64 (1677-09-22 .. 2262-04-11).
 DATE_SECONDS = (-9223372036.0, 9223372036.0)
 DATE_RANGE_TEXT = "1677-09-22 to 2262-04-11 (the dates an index can hold)"
+FLOAT_RANGE = (-sys.float_info.max, sys.float_info.max)  # an integer beyond it (10**400) would overflow float()
 
 
-def _coerce(value: Any, ftype: str, name: str, bound: bool = False) -> Any:
+def _coerce(value: Any, ftype: str, name: str, op: str | None = None) -> Any:
     """A filter value as the field stores it, with the same rules as indexing (connectors/records.py).
 
     Keyword fields take strings, and integers (indexing stores an integer keyword
     value as its decimal text, so the filter 7 matches the stored "7"). Number
     fields take finite JSON numbers only: "2005" is refused rather than parsed,
     so a client that quotes numbers learns it at once. Dates take ISO strings or
-    epoch seconds. A range bound beyond what the field can hold is moved to
-    its edge (the same documents match); a term beyond it is refused.
+    epoch seconds. ``op`` is the range operator when ``value`` is a bound: a
+    bound beyond what the field can hold is moved to its edge (the same
+    documents match) and a fractional bound on an integer field to the integer
+    that keeps the same documents (``gte 2019.5`` is ``gte 2020``); a term
+    beyond the field is refused.
     """
     if ftype == "keyword":
         if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -101,22 +106,28 @@ def _coerce(value: Any, ftype: str, name: str, bound: bool = False) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             raise QueryError(name, f"expected a finite number, got {value!r}")
         if ftype == "float":
-            return float(value)
-        if not bound and isinstance(value, float) and not value.is_integer():
-            raise QueryError(name, f"expected an integer, got {value!r}")
-        return _within(int(value) if isinstance(value, int) else value, INT64, name, bound, "the 64-bit integer range")
+            return float(_within(value, FLOAT_RANGE, name, op, "the range of a 64-bit float"))
+        if isinstance(value, float):
+            if not value.is_integer():
+                if op is None:
+                    raise QueryError(name, f"expected an integer, got {value!r}")
+                value = math.ceil(value) if op in ("gte", "lt") else math.floor(value)
+            value = int(value)
+        return _within(value, INT64, name, op, "the 64-bit integer range")
     if ftype == "date":
         if isinstance(value, float) and not math.isfinite(value):
             raise QueryError(name, f"expected a date, got {value!r}")
-        return float(_within(to_epoch_seconds(value, name), DATE_SECONDS, name, bound, DATE_RANGE_TEXT))
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = _within(value, (-(10 ** 15), 10 ** 15), name, op, DATE_RANGE_TEXT)  # before float() overflows
+        return float(_within(to_epoch_seconds(value, name), DATE_SECONDS, name, op, DATE_RANGE_TEXT))
     raise QueryError(name, f"field of type {ftype} cannot be filtered on")
 
 
-def _within(value: Any, edges: tuple[Any, Any], name: str, bound: bool, what: str) -> Any:
+def _within(value: Any, edges: tuple[Any, Any], name: str, op: str | None, what: str) -> Any:
     lo, hi = edges
     if lo <= value <= hi:
         return value
-    if bound:
+    if op is not None:
         return lo if value < lo else hi
     raise QueryError(name, f"{_shown(value)} is outside {what}, so it matches nothing a field can hold")
 
@@ -145,7 +156,7 @@ def parse_filters(filters: dict[str, Any], field_types: dict[str, str]) -> tuple
                 raise QueryError(key, f"range filters take {', '.join(RANGE_OPS)}; got {sorted(spec) or 'nothing'}")
             if ftype == "keyword":
                 raise QueryError(key, "range filters need a numeric or date field")
-            bounds = {op: _coerce(v, ftype, f"{key}.{op}", bound=True) for op, v in spec.items()}
+            bounds = {op: _coerce(v, ftype, f"{key}.{op}", op) for op, v in spec.items()}
             out.append(RangeFilter(fname, ftype, **bounds))
         elif isinstance(spec, list):
             if not spec:

@@ -59,9 +59,11 @@ def extract_fields(rec: dict, cfg: IndexConfig) -> dict[str, Any]:
 
 def _number(name: str, ftype: str, v: Any) -> int | float:
     """A finite number in the backends' range: NaN would match range filters on one path and not the other."""
+    if ftype == "integer" and isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+        v = int(v.strip())  # "12345678901234567" exactly, not through a float
     if isinstance(v, int) and ftype == "integer":
         if not INT64[0] <= v <= INT64[1]:
-            raise ValueError(f"field {name!r}: {v} is outside the 64-bit integer range")
+            raise ValueError(f"field {name!r}: {str(v)[:40]} is outside the 64-bit integer range")
         return v
     try:
         num = float(v)

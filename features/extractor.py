@@ -19,6 +19,7 @@ from connectors.analysis import analyze
 from features.context import FeatureContext, FeatureSource  # re-exported: older code imports them from here
 from features.groups import NumericGroup, QueryGroup, RecencyGroup, RetrievalGroup, SemanticGroup
 from features.keyword import KeywordGroup
+from features.provenance import keyword_analyzers
 
 if TYPE_CHECKING:
     from cascade.config import IndexConfig
@@ -116,6 +117,7 @@ class FeatureExtractor:
         self.names = [n for g in self.groups for n in g.names()]
         # Where keyword features come from: a model trained on one source's values is refused on another's.
         self.keyword_source: str | None = getattr(source, "keyword_source", "embedded") if ft.keyword else None
+        self.keyword_analyzers: dict[str, str] = keyword_analyzers(cfg, self.names)
         # Phrase matches, dates and numeric fields are read from stored fields (so is every keyword feature
         # on a backend without a forward index): the controller fetches them for every candidate first.
         self.needs_fields = bool(ft.keyword or ft.recency or ft.numeric) or getattr(source, "needs_fields", False)

@@ -65,7 +65,8 @@ async def log_features(
                       **{name: pa.array(x[:, j]) for j, name in enumerate(names)}})
     meta = {"index": cascade.config.index, "source": source, "feature_names": names,
             "feature_version": cascade.features.version, "feature_fingerprint": cascade.features.fingerprint,
-            "keyword_source": cascade.features.keyword_source}
+            "keyword_source": cascade.features.keyword_source,
+            "keyword_analyzers": cascade.features.keyword_analyzers}
     table = table.replace_schema_metadata({b"cascade": json.dumps(meta).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)

@@ -104,3 +104,47 @@ def test_overload_run_adds_up_and_sheds(ce_index, tmp_path):
     shown = con.export_text()
     assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80
     assert overload.plot(r, tmp_path / "overload.png").stat().st_size > 0
+
+
+def test_os_features_run_pairs_the_backends_and_adds_up(tiny_index, tmp_path):
+    pytest.importorskip("osmem_server", reason="osmem-server is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("opensearchpy", reason="opensearch-py is not installed")
+    from rich.console import Console
+
+    from cascade.bench import os_features
+    from cascade.bench.common import pct
+    from tests.conftest import write_corpus
+
+    cfg, settings = tiny_index
+    texts = list(QUERIES.values())
+    done = []
+    r = os_features.run(cfg, settings, write_corpus(tmp_path / "tiny.jsonl"), texts, candidates=[3, 5, 3],
+                        dataset="tiny", split="test", on_progress=lambda d, t: done.append((d, t)))
+    assert done[-1] == (12, 12) and r.docs == len(TINY_DOCS) and r.queries == 3
+    assert r.levels == [(3, "cold"), (3, "warm"), (5, "cold"), (5, "warm")]
+    assert [(a.candidates, a.df, a.backend) for a in r.arms][:4] == [
+        (3, "cold", "osmem"), (3, "cold", "embedded"), (3, "warm", "osmem"), (3, "warm", "embedded")]
+    assert r.keyword_fields == ["title", "text"] and r.features > 10
+    for a in r.arms:
+        assert len(a.features_ms) == len(a.retrieval_ms) == len(a.sizes) == 3 and a.errors == 0
+        assert all(0 < s <= a.candidates for s in a.sizes) and all(f > 0 for f in a.features_ms)
+        assert len(a.keyword_ms) == (3 if a.backend == "osmem" else 0)
+    for n, df in r.levels:
+        o, e = r.arm("osmem", n, df), r.arm("embedded", n, df)
+        assert r.step_diff(n, df) == pytest.approx([a - b for a, b in zip(o.features_ms, e.features_ms)])
+        assert all(0 < k <= f for k, f in zip(o.keyword_ms, o.features_ms))  # the round trip is inside the step
+        assert r.beyond_round_trip(n, df) == pytest.approx([f - k for f, k in zip(o.features_ms, o.keyword_ms)])
+        # 2 fields x (scoring + matching), plus one count per new word and field on the cold pass only
+        assert all(s == 4 + c for s, c in zip(o.subsearches, o.counts))
+        assert (sum(o.counts) > 0) == (df == "cold")
+    text = r.markdown("cascade bench-os-features --candidates 3 --candidates 5", "a machine")
+    assert "Command: `cascade bench-os-features --candidates 3 --candidates 5`" in text
+    o = r.arm("osmem", 5, "warm")
+    assert f"| 5 | warm | **{pct(o.keyword_ms, 50):.1f}** | **{pct(o.keyword_ms, 95):.1f}** |" in text
+    assert r.section() == ("os-features-tiny", "OpenSearch keyword features: the feature round trip against osmem")
+    con = Console(width=80, record=True)
+    for t in r.tables():
+        con.print(t)
+    shown = con.export_text()
+    assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80
+    assert r.table().title == r.tables()[-1].title

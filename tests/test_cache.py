@@ -319,3 +319,23 @@ def test_real_cross_encoder_stage_scores_through_its_composed_cache(models_dir, 
     assert again.model_stamp() != ce.model_stamp()
     assert again.scorer.inner.runtime.model is not ce.scorer.inner.runtime.model  # loaded again, not cached by path
     assert again.scorer.key("q", "d") != ce.scorer.key("q", "d")
+
+
+async def test_admission_recovers_from_a_slow_spell():
+    """Regression (review): an interval learned while searches were slow, above max_wait_s, shed every
+    request that found the slots busy, so no search finished with others waiting and it never moved again."""
+    adm = Admission(limit=1, queue=10, max_wait_s=1.0)
+    adm.interval_s = adm.hold_s = 1.5  # as after a slow spell
+    shed = 0
+    for _ in range(40):  # searches are fast now, two at a time
+
+        async def one():
+            nonlocal shed
+            try:
+                async with adm.slot():
+                    await asyncio.sleep(0.005)
+            except Overloaded:
+                shed += 1
+
+        await asyncio.gather(one(), one())
+    assert adm.interval_s < 0.1 and shed < 20

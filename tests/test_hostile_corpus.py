@@ -104,6 +104,30 @@ def test_skip_bad_lines_counts_each_once_and_the_manifest_agrees(env, hostile):
     assert manifest["docs"] == len(GOOD) and manifest["skipped"] == len(BAD)
 
 
+def test_reasons_quoting_corpus_text_are_printed_as_text(env, hostile, tmp_path):
+    """Regression (review): a reason echoing a value like "[/x]" was read as rich markup and crashed the CLI."""
+    _, cfg_file = hostile
+    corpus = tmp_path / "markup.jsonl"
+    corpus.write_text('{"_id":"a","text":"fine","metadata":{"count":"[/x] [bold]"}}\n'
+                      '{"_id":"b","text":"also fine"}\n')
+    args = ["index", "--corpus", str(corpus), "--index", "hostile", "--config", str(cfg_file)]
+    r = CliRunner().invoke(app, args + ["--skip-bad-lines"])
+    assert r.exit_code == 0 and "'[/x] [bold]'" in r.output, r.output
+    r = CliRunner().invoke(app, args + ["--rebuild"])
+    assert r.exit_code == 2 and "'[/x] [bold]'" in r.output and "Traceback" not in r.output
+
+
+def test_a_truncated_gzip_corpus_is_named_not_aborted(env, hostile, tmp_path):
+    import gzip
+
+    corpus, cfg_file = hostile
+    whole = gzip.compress(corpus.read_bytes())
+    broken = tmp_path / "cut.jsonl.gz"
+    broken.write_bytes(whole[: len(whole) // 2])
+    r = CliRunner().invoke(app, ["index", "--corpus", str(broken), "--index", "hostile", "--config", str(cfg_file)])
+    assert r.exit_code == 2 and "cannot be read to its end" in " ".join(r.output.split()), r.output
+
+
 @pytest.fixture
 def hostile_index(env, hostile):
     corpus, cfg_file = hostile

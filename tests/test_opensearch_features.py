@@ -79,7 +79,7 @@ def test_feature_query_bodies_are_golden():
     # Document frequencies are cached: the same query a moment later sends only the candidate queries.
     for (what, f, w), _ in tagged:
         if what == "count":
-            queries._df[(f, w)] = (100.0, 1)
+            queries._df.set(f"{f}\x1f{w}", 1, ttl_s=100.0, now=0.0)
     again, _ = queries.plan("The solar panels, and solar storage", ["d1"], now=1.0)
     assert [t[0] for t, _ in again] == ["score", "match", "score", "match"]
 
@@ -116,6 +116,19 @@ def test_keyword_features_come_from_the_cluster(loaded, tiny_index):
             assert feats[d][n] == pytest.approx(e_feats[d][n]), (d, n)
         assert feats[d]["kw.text.idf_coverage"] == pytest.approx(e_feats[d]["kw.text.idf_coverage"], abs=0.05)
     assert cascade.features.keyword_source == "opensearch" and embedded.features.keyword_source == "embedded"
+
+
+def test_document_counts_are_used_even_when_nothing_is_cached(loaded):
+    """Regression (review): with stats_ttl_s: 0 the counts were only read back from the cache, so idf_coverage
+    was always 0 and every query was flagged."""
+    cfg, settings = loaded
+    data = cfg.model_dump(mode="json")
+    data["backend"]["stats_ttl_s"] = 0
+    cascade = open_cascade(parse_config(data, "tiny.yaml"), settings)
+    feats, traces = features_of(cascade, "solar electricity")
+    assert next(t for t in traces if t.name == "keyword_features").error is None
+    assert feats["d5"]["kw.text.idf_coverage"] == pytest.approx(1.0)
+    assert 0 < feats["d1"]["kw.text.idf_coverage"] < 1
 
 
 def test_only_candidates_are_scored(loaded):
@@ -201,3 +214,9 @@ def test_features_logged_on_a_cluster_train_a_model_the_embedded_backend_refuses
                      emb_settings)
     assert e.value.key == "stages.0.model" and "opensearch backend" in e.value.reason
     assert "cascade features log" in e.value.reason
+    assert meta["features"]["keyword_analyzers"] == {"text": "english", "title": "english"}
+    other = os_config(cfg.backend.hosts[0], stages=stage,
+                      fields={**json.loads(json.dumps(TINY_CONFIG))["fields"], "text": {"type": "text",
+                                                                                         "analyzer": "standard"}})
+    with pytest.raises(ConfigError, match="other analyzers .text: english then, standard now"):
+        open_cascade(other, settings)

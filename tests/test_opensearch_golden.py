@@ -195,3 +195,31 @@ def test_backend_config_rejects_secrets_and_half_auth():
                      ({"username": "a", "password_env": "P", "api_key_env": "K"}, "choose one way")]:
         with pytest.raises(ConfigError, match=msg):
             config(**bad)
+
+
+def test_a_config_is_discovered_from_a_real_mapping_shape():
+    """`cascade config discover` on a mapping with nested objects, multi-fields, a vector and unusable types."""
+    from connectors.opensearch.mapping import config_from_mapping
+
+    mapping = {"articles-v2": {"mappings": {"properties": {
+        "title": {"type": "text", "analyzer": "english", "fields": {"raw": {"type": "keyword"}}},
+        "body": {"type": "text"},
+        "meta": {"properties": {"year": {"type": "integer"}, "Score": {"type": "scaled_float", "scaling_factor": 100},
+                                "tags": {"type": "keyword"}, "published": {"type": "date"}}},
+        "location": {"type": "geo_point"},
+        "emb": {"type": "knn_vector", "dimension": 384},
+        "old_emb": {"type": "knn_vector", "dimension": 768},
+    }}}}
+    data, skipped = config_from_mapping(mapping, "articles", {"hosts": ["https://h:9200"], "index": "articles"}, 384)
+    assert data["fields"] == {"title": {"type": "text", "analyzer": "english"},
+                              "body": {"type": "text", "analyzer": "standard"},
+                              "meta_year": {"type": "integer"}, "meta_score": {"type": "float"},
+                              "meta_tags": {"type": "keyword"}, "meta_published": {"type": "date"}}
+    assert data["backend"]["field_map"] == {"meta_year": "meta.year", "meta_score": "meta.Score",
+                                            "meta_tags": "meta.tags", "meta_published": "meta.published"}
+    assert data["backend"]["knn_field"] == "emb" and list(data["retrievers"]) == ["bm25", "knn"]
+    assert data["embedder"]["fields"] == ["title", "body"] and data["features"]["semantic"] is True
+    assert any("location (geo_point" in s for s in skipped) and any("old_emb" in s for s in skipped)
+    parse_config(json.loads(json.dumps(data)), "articles.yaml")  # what start-up accepts
+    with pytest.raises(ValueError, match="no text field"):
+        config_from_mapping({"i": {"mappings": {"properties": {"n": {"type": "long"}}}}}, "x", {})

@@ -104,3 +104,54 @@ def test_field_stats_from_termvectors(live_index):
     cfg, settings, _ = live_index
     st = asyncio.run(OpenSearchBackend(cfg, settings).field_stats("text", ["electricity", "solar"]))
     assert st.doc_freq.get("electr") == 3 and st.total_docs == 6 and st.avg_length > 0
+
+
+def test_ltr_trained_from_cluster_features_on_scifact_beside_the_embedded_backend(settings, data_dir, tmp_path):
+    """Index SciFact (BM25 only) in the cluster, log features there for the train judgments, train LTR, and
+    evaluate it on the test split beside the same recipe on the embedded backend. Prints both nDCG@10
+    (and writes them to $CASCADE_LIVE_REPORT when set)."""
+    from cascade.config import parse_config
+    from cascade.datasets import corpus_file, iter_corpus, load_qrels, load_queries
+    from cascade.evaluation import evaluate
+    from connectors.embedded import build_index
+    from connectors.opensearch.admin import load_corpus
+    from connectors.opensearch.client import Cluster
+    from features.logging import log_features
+    from features.training.ltr import train_ltr
+
+    folder = data_dir / "scifact"
+    if not folder.is_dir():
+        pytest.skip("CASCADE_DATA_DIR has no scifact")
+    queries = load_queries(folder)
+    train, test = load_qrels(folder, "train"), load_qrels(folder, "test")
+    name = f"cascade-test-scifact-{uuid.uuid4().hex[:8]}"
+    base = {"fields": {"title": {"type": "text"}, "text": {"type": "text"}},
+            "retrievers": {"bm25": {"type": "bm25", "k": 100}}, "fusion": {"method": "rrf", "keep": 100},
+            "features": {"version": 1, "semantic": False}}
+    on_cluster = parse_config({"index": "scifact-live", "backend": backend_section(name), **base}, "scifact-live.yaml")
+    embedded = parse_config({"index": "scifact-live", **base}, "scifact-live.yaml")
+    asyncio.run(load_corpus(on_cluster, iter_corpus(corpus_file(folder)), settings, source="scifact"))
+    build_index(embedded, iter_corpus(corpus_file(folder)), settings, source="scifact")
+    results = {}
+    try:
+        for label, cfg in (("opensearch", on_cluster), ("embedded", embedded)):
+            log = tmp_path / f"{label}.parquet"
+            asyncio.run(log_features(open_cascade(cfg, settings, stages=False), queries, train, log, source=label))
+            model = tmp_path / f"ltr-{label}"
+            train_ltr([log], model)
+            ranked = parse_config({**cfg.model_dump(mode="json"), "stages": [
+                {"type": "ltr", "model": str(model), "rerank": 100}]}, "scifact-live.yaml")
+            report = asyncio.run(evaluate(open_cascade(ranked, settings), queries, test, dataset="scifact",
+                                          split="test"))
+            results[label] = {s.name: round(s.ndcg_10, 4) for s in report.stages}
+            assert results[label]["ltr"] > results[label]["fusion"], results
+        print("\nSciFact test nDCG@10, LTR trained on train-split features:", json.dumps(results))
+        if os.environ.get("CASCADE_LIVE_REPORT"):
+            with open(os.environ["CASCADE_LIVE_REPORT"], "w") as fh:
+                json.dump(results, fh, indent=2)
+    finally:
+        async def drop():
+            await Cluster(on_cluster.backend, "scifact-live.yaml").call(
+                "DELETE", lambda c: c.indices.delete(index=name))
+
+        asyncio.run(drop())

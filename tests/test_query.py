@@ -68,6 +68,8 @@ def test_text_is_stripped_and_filters_typed():
         ({"year": {"gte": float("-inf")}}, "filters.year.gte", "finite"),
         ({"year": 2**70}, "filters.year", "64-bit"),
         ({"published": "2300-01-01"}, "filters.published", "1677-09-22 to 2262-04-11"),
+        ({"cites": 10 ** 400}, "filters.cites", "64-bit float"),
+        ({"published": 10 ** 400}, "filters.published", "1677-09-22"),
     ],
 )
 def test_bad_filters_name_the_field(filters, field, text):
@@ -80,6 +82,14 @@ def test_keyword_filters_take_integers_as_indexing_stores_them():
     """Indexing stores an integer keyword value as its decimal text; a filter integer matches that text."""
     assert parse_filters({"journal": 7}, TYPES) == (TermFilter("journal", "keyword", ("7",)),)
     assert parse_filters({"journal": [7, "Energy"]}, TYPES) == (TermFilter("journal", "keyword", ("7", "Energy")),)
+
+
+def test_fractional_bounds_on_an_integer_field_keep_the_same_documents():
+    (f,) = parse_filters({"year": {"gte": 2019.5, "lte": 2021.5}}, TYPES)
+    assert (f.gte, f.lte) == (2020, 2021)
+    (f,) = parse_filters({"year": {"gt": 2019.5, "lt": 2021.5}}, TYPES)
+    assert (f.gt, f.lt) == (2019, 2022)
+    assert parse_filters({"year": 2019.0}, TYPES)[0].values == (2019,)  # an integral float is the integer
 
 
 def test_range_bounds_beyond_a_field_match_like_its_edge():

@@ -124,7 +124,8 @@ def test_equivalent_requests_share_one_cache_entry(client):
     ({"query": "x", "filters": {"year": []}}, "filters.year", "empty list", None),
     ({"query": "x", "filters": {"journal": {"gte": "a"}}}, "filters.journal", "numeric or date", None),
     ({"query": "x", "filters": {"published": "yesterday"}}, "filters.published", "expected a date", None),
-    ({"query": "x", "filters": {"published": {"gte": "1500-01-01"}}}, "filters.published", "out of range", None),
+    # A date term no index can hold matches nothing: refused (a range bound there is moved to the edge instead).
+    ({"query": "x", "filters": {"published": "1500-01-01"}}, "filters.published", "outside 1677-09-22", None),
     ({"query": "x", "filters": "year=2020"}, "filters", "should be an object", None),
     ({"query": "x", "overrides": {"fusion": {"keep": 11}}}, "overrides.fusion.keep", "at most 10", 10),
     ({"query": "x", "overrides": {"fusion": {"keep": 0}}}, "overrides.fusion.keep", "greater than or equal to 1", 1),

@@ -46,7 +46,8 @@ def test_public_answers_name_no_server_paths(make_client, tmp_path, tiny_index_d
     assert "IndexNotFound" in ghost and "cascade index --dataset ghost" in ghost and ".../" in ghost
     plan = client.get("/v1/indexes/tiny/cascade").json()["plan"]
     assert plan[-1]["model"] == "minilm-l6-ce-v1"
-    # The admin asking for a reload gets the whole reason (an operator fixing the server needs the folder).
+    # A reload's index list is a public answer too (the full reason is in the log, and in the 422 that
+    # rejects a reload, which only the admin sees).
     (tmp_path / "configs" / "tiny.yaml").unlink()
     r = client.post("/v1/admin/reload", headers=KEY)
     assert r.status_code == 200 and r.json()["indexes"][0]["error"] == ghost
@@ -111,6 +112,22 @@ def test_config_check_names_a_file_that_is_not_utf8(tmp_path):
     out = " ".join(r.output.split())
     assert str(path.absolute()) in out.replace(" ", "") or path.name in out
     assert "not valid UTF-8" in out
+
+
+def test_filter_values_beyond_a_field_are_one_rule_in_the_service(make_client):
+    """Regression (review): the service refused date bounds the query layer moves to the field's edge, and a
+    10**400 integer for a float field was a 500 (OverflowError)."""
+    client = make_client()
+    for filters in ({"published": {"gte": "1600-01-01"}}, {"published": {"lt": "3000-01-01"}},
+                    {"cites": {"gte": -(10 ** 400)}}, {"year": {"gte": 2019.5}}):
+        r = client.post(SEARCH, json={"query": "solar", "filters": filters})
+        assert r.status_code == 200, (filters, r.text)
+    r = client.post(SEARCH, json={"query": "solar", "filters": {"year": {"gte": 2019.5}}, "size": 10})
+    assert "d1" not in [h["id"] for h in r.json()["hits"]]  # d1 is from 2019: gte 2019.5 means 2020 and later
+    for filters, field in (({"cites": 10 ** 400}, "filters.cites"), ({"published": 10 ** 400}, "filters.published"),
+                           ({"published": {"gte": "0000-01-01"}}, "filters.published.gte")):
+        r = client.post(SEARCH, json={"query": "solar", "filters": filters})
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, (filters, r.text)
 
 
 def test_a_lone_surrogate_is_reported_at_its_field(make_client):

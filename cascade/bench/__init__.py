@@ -12,6 +12,9 @@ Markdown section (``markdown(command, machine)``, filed under ``section()``):
 - :mod:`cascade.bench.backends`: cross-encoder backends (torch, ONNX) on the same pairs; fine-tuned models
 - :mod:`cascade.bench.microbatch`: concurrent clients per request vs through the micro-batcher
 - :mod:`cascade.bench.serve`: the HTTP service (cache hits under load, uncached searches)
+- :mod:`cascade.bench.overload`: uncached searches beyond capacity: admission (503 + Retry-After) against queueing
+- :mod:`cascade.bench.os_features`: the OpenSearch keyword-feature round trip beside the embedded features step
+- :mod:`cascade.bench.load`: load generation and process plumbing the service benchmarks share
 
 Timings are medians and tail percentiles over many queries measured in one
 process, never assertions in unit tests: these machines are noisy.

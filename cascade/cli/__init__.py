@@ -6,10 +6,10 @@ registers the commands, in the order ``cascade --help`` lists them:
 - :mod:`cascade.cli.index`: ``index``
 - :mod:`cascade.cli.search`: ``search``, ``eval``, ``demo``
 - :mod:`cascade.cli.serve`: ``serve``
-- :mod:`cascade.cli.config`: ``config check|show``
+- :mod:`cascade.cli.config`: ``config check|show|discover``
 - :mod:`cascade.cli.train`: ``features log``, ``train ltr|cross-encoder|eval-cross-encoder``
 - :mod:`cascade.cli.models`: ``models export-onnx``
-- :mod:`cascade.cli.bench`: ``bench``, ``bench-combine|ltr|serve|overload|backends|microbatch``
+- :mod:`cascade.cli.bench`: ``bench``, ``bench-combine|ltr|serve|overload|os-features|backends|microbatch``
 - :mod:`cascade.cli.common`: what they share (consoles, errors, progress, settings, configs, datasets)
 """
 
@@ -38,6 +38,7 @@ app.command("bench-combine")(bench.bench_combine)
 app.command("bench-ltr")(bench.bench_ltr)
 app.command("bench-serve")(bench.bench_serve)
 app.command("bench-overload")(bench.bench_overload)
+app.command("bench-os-features")(bench.bench_os_features)
 app.add_typer(models_app, name="models")
 app.command("bench-backends")(bench.bench_backends_cmd)
 app.command("bench-microbatch")(bench.bench_microbatch_cmd)

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from cascade.cli.common import (_command, _config_for, _fail, _judged, _progress, _settings, _setup, _show,
-                                _with_progress, _write_section, console, err)
+from cascade.cli.common import (_command, _config_for, _dataset_dir, _fail, _judged, _progress, _settings, _setup,
+                                _show, _with_progress, _write_section, console, err)
 from cascade.errors import CascadeError
 
 
@@ -179,6 +179,45 @@ def bench_overload(
     if report:
         _write_section(report, res, command=f"make bench ({_command()})",
                        image=os.path.relpath(plot_out, report.parent) if plot_out else None)
+
+
+def bench_os_features(
+    dataset: str = typer.Option("scifact", help="Dataset whose corpus to load into osmem and whose queries to send "
+                                "(its embedded index must be built)."),
+    split: str = typer.Option("test"),
+    candidates: list[int] = typer.Option([100, 200], min=1, help="Candidates per query: the BM25 retriever's k and "
+                                         "fusion keep (repeatable)."),
+    limit: Optional[int] = typer.Option(100, min=1, help="Only the first N judged queries."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """Time the OpenSearch keyword-feature round trip against osmem on loopback, beside the embedded backend."""
+    _setup()
+    from cascade.bench import os_features as bench
+    from cascade.datasets import corpus_file
+    from connectors.embedded import index_exists
+
+    try:
+        bench.require_osmem()
+        queries, qrels = _judged(dataset, split)
+        cfg = _config_for(dataset, None, create=False)
+        if cfg.backend.type != "embedded":
+            raise CascadeError(f"the config of {dataset} has backend.type: {cfg.backend.type}; the benchmark compares "
+                               f"osmem with the dataset's embedded index")
+        if not index_exists(cfg, _settings()):
+            raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
+                               f"(or `cascade demo --prepare-only`) first")
+        corpus = corpus_file(_dataset_dir(dataset))
+        texts = [queries[q] for q in qrels if q in queries][:limit]
+        levels = list(dict.fromkeys(candidates))
+        res = _with_progress("osmem + embedded features", len(texts) * len(levels) * 2, lambda on_progress: bench.run(
+            cfg, _settings(), corpus, texts, candidates=levels, dataset=dataset, split=split, on_progress=on_progress,
+            on_step=lambda s: err.print(f"[dim]{s}[/]")))
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    for t in res.tables()[:-1]:
+        console.print(t)
+    _show(res, report, command=f"make bench ({_command()})")
 
 
 def bench_backends_cmd(

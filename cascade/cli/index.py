@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from cascade.cli.common import _config_for, _dataset_dir, _fail, _progress, _settings, _setup, err
 from cascade.errors import CascadeError
@@ -39,7 +40,7 @@ def _build(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
     err.print(f"indexed [bold]{rep.docs}[/] documents into {rep.path} in {rep.seconds:.1f} s "
               f"(embedding {rep.embed_seconds:.1f} s)" + (f"; [yellow]skipped {skipped} bad lines[/]" if skipped else ""))
     for e in stats.errors:
-        err.print(f"  [yellow]skipped[/] {e}")
+        err.print(f"  [yellow]skipped[/] {escape(e)}")
 
 
 def _build_opensearch(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
@@ -64,7 +65,7 @@ def _build_opensearch(cfg, corpus: Path, rebuild: bool, skip_bad: bool) -> None:
               f"(embedding {rep.embed_seconds:.1f} s; the index holds {rep.count})"
               + (f"; [yellow]skipped {skipped} bad lines[/]" if skipped else ""))
     for e in stats.errors:
-        err.print(f"  [yellow]skipped[/] {e}")
+        err.print(f"  [yellow]skipped[/] {escape(e)}")
     if rep.failed:
         err.print(f"[bold red]{len(rep.failed)} documents were refused by the cluster:[/]")
         for f in rep.failed[:20]:

@@ -36,6 +36,7 @@ from cascade.service.schemas import (
 from cascade.service.search import finish, run_search
 from cascade.service.state import ServiceState
 from cascade.settings import Settings, get_settings
+from cascade.text import public_reason
 
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -53,6 +54,15 @@ SearchHandler = Callable[[str, bytes, str], Awaitable[tuple[int, bytes, dict[str
 # Operations endpoints: public by default (scrapers, API explorers); CASCADE_PUBLIC_OPS_ENDPOINTS=false puts
 # them behind the admin key. /healthz and /readyz stay open for load balancers; they name no files.
 OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+def public_config(value: Any) -> Any:
+    """A config dump as public answers show it: model and file paths cut to their last part (public_reason)."""
+    if isinstance(value, dict):
+        return {k: public_config(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_config(v) for v in value]
+    return public_reason(value) if isinstance(value, str) and "/" in value else value
 
 
 def admin_refusal(secret: str | None, key: bytes | str | None) -> ApiError | None:
@@ -272,7 +282,7 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
         }
         return CascadeInfo(
             index=e.name, version=e.version, status=e.status, error=e.error, fingerprint=e.fingerprint,
-            config=e.config.model_dump(mode="json"), default_profile=e.config.default_profile,
+            config=public_config(e.config.model_dump(mode="json")), default_profile=e.config.default_profile,
             plan=casc.plan() if casc else None,
             overrides={k: StepBounds(**v) for k, v in casc.bounds().items()} if casc else {},
             profiles=profiles,

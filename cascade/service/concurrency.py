@@ -110,8 +110,15 @@ class Admission:
         a = self.alpha
         self.hold_s = held_s if self.hold_s is None else self.hold_s + a * (held_s - self.hold_s)
         if saturated and self._last_done is not None:
-            gap = now - self._last_done
-            self.interval_s = gap if self.interval_s is None else self.interval_s + a * (gap - self.interval_s)
+            sample = now - self._last_done  # the queue's real pace
+        elif self.interval_s is not None:
+            # Nobody waits, so there is no gap to measure; what this search took, shared among the slots,
+            # keeps the estimate moving (else one slow spell would shed every request until a restart).
+            sample = held_s / self.limit
+        else:
+            sample = None
+        if sample is not None:
+            self.interval_s = sample if self.interval_s is None else self.interval_s + a * (sample - self.interval_s)
         self._last_done = now if saturated else None
 
     def _refuse(self, message: str, wait_s: float) -> Overloaded:

@@ -148,7 +148,7 @@ class ServiceState:
                 if entry.status == "ready":
                     log.info("index %s v%s ready in %.1f s", name, cfg.version, entry.opened_s)
                 else:
-                    log.error("index %s unavailable: %s", name, entry.error)
+                    log.error("index %s unavailable: %s", name, entry.detail or entry.error)
         if hasattr(self.cache, "ping") and self.cache.backend != "memory":
             if not await self.cache.ping():
                 log.warning("redis is not answering; searches run uncached until it does")

@@ -21,7 +21,8 @@ from pydantic import Field
 from cascade.candidates import Candidates
 from cascade.errors import ConfigError
 from cascade.extras import require
-from cascade.models.lookup import file_stamp
+from cascade.models.lookup import display_name, file_stamp
+from features.provenance import keyword_analyzers
 from cascade.stages.base import BuildContext, IndexView, Reranker, StageConfigBase
 
 MODEL_FORMAT = "cascade-ltr/lightgbm-text/1"
@@ -52,6 +53,8 @@ class LTRConfig(StageConfigBase):
         folder = folder.absolute()  # errors about the model name its files by full path
         model = ctx.shared(("ltr", str(folder.resolve()), file_stamp(folder)), lambda: LTRModel.load(folder))
         model.check_features(ctx.feature_names, where, key, ctx.keyword_source)
+        if ctx.feature_names is not None:
+            model.check_analyzers(keyword_analyzers(ctx.index, ctx.feature_names), where, key)
         return LTRStage(self, model)
 
 
@@ -101,6 +104,18 @@ class LTRModel:
         recorded = self.meta["features"].get("keyword_source")
         return recorded or ("embedded" if any(n.startswith("kw.") for n in self.feature_names) else None)
 
+    def check_analyzers(self, index_analyzers: dict[str, str], where: str, key: str) -> None:
+        """Refuse a model whose keyword features were made with other analyzers (when it recorded them)."""
+        recorded = self.meta["features"].get("keyword_analyzers")
+        if recorded is None:
+            return
+        changed = {f: (a, index_analyzers.get(f)) for f, a in recorded.items() if index_analyzers.get(f) != a}
+        if changed:
+            said = ", ".join(f"{f}: {a} then, {b} now" for f, (a, b) in sorted(changed.items()))
+            raise ConfigError(where, key, f"model {self.folder} was trained on keyword features of other "
+                              f"analyzers ({said}); log features again and retrain (`cascade features log`, "
+                              f"`cascade train ltr`)")
+
     def check_features(self, index_names: list[str] | None, where: str, key: str,
                        keyword_source: str | None = None) -> None:
         if index_names is None:
@@ -143,7 +158,7 @@ class LTRStage(Reranker):
 
     def describe(self):
         # The model as the config names it: describe() is served publicly, folders stay in the logs.
-        return {**super().describe(), "model": self.cfg.model, "features": len(self.model.feature_names)}
+        return {**super().describe(), "model": display_name(self.cfg.model), "features": len(self.model.feature_names)}
 
     def model_stamp(self) -> str | None:
         return self._stamp

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cascade.text import error_text, public_reason
 from connectors.analysis import analyze
+from connectors.cache import LRU
 from connectors.opensearch.queries import msearch_lines
 from features.extractor import FieldsFeatureSource
 from connectors.opensearch.responses import error_reason
@@ -43,7 +45,6 @@ from connectors.opensearch.responses import error_reason
 if TYPE_CHECKING:
     from cascade.candidates import Candidates
     from cascade.query import Query
-    from connectors.opensearch.backend import OpenSearchBackend
     from features.context import FeatureContext
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -106,13 +107,13 @@ class KeywordAnswers:
 class OpenSearchKeywordQueries:
     """Builds and runs the feature ``_msearch`` of one query; keeps document frequencies for a while."""
 
-    def __init__(self, backend: "OpenSearchBackend", fields: dict[str, str]):
+    def __init__(self, backend: Any, fields: dict[str, str]):  # an OpenSearchBackend (not imported: it imports us)
         self.backend, self.fields = backend, fields  # field -> analyzer kind
-        self._df: dict[tuple[str, str], tuple[float, int]] = {}  # (field, word) -> (expires, df); "" word: N
+        # Document frequencies by "field\x1fword" ("\x1f" alone: the number of documents), bounded and expiring.
+        self._df = LRU(max_items=50_000)
 
     def _cached(self, key: tuple[str, str], now: float) -> int | None:
-        hit = self._df.get(key)
-        return hit[1] if hit is not None and hit[0] > now else None
+        return self._df.get(f"{key[0]}\x1f{key[1]}", now)
 
     def plan(self, text: str, ids: list[str], now: float) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
         """The sub-searches, each tagged with what its answer is for, and the words per field."""
@@ -146,24 +147,28 @@ class OpenSearchKeywordQueries:
             items = resp.get("responses") or []
         except Exception as exc:  # the cluster is down or refused the request: every field gets missing values
             for f in self.fields:
-                out.errors[f] = f"{type(exc).__name__}: {exc}"
+                out.errors[f] = error_text(exc)
             items = []
         ttl = self.backend.b.stats_ttl_s
+        fresh: dict[tuple[str, str], int] = {}  # counts in this answer (used even when nothing is cached)
         for (what, f, word), item in zip((t for t, _ in tagged), items):
             if "error" in item:  # a failed count leaves its document frequency missing (reported below)
                 if what != "count":
                     out.errors.setdefault(f, f"OpenSearch rejected the {what} query of field {f!r} "
-                                             f"({item.get('status')}): {error_reason(item)}")
+                                             f"({item.get('status')}): {public_reason(error_reason(item))}")
                 continue
             if what == "count":
-                self._df[(f, word)] = (now + ttl, _total(item))
+                fresh[(f, word)] = _total(item)
+                if ttl > 0:
+                    self._df.set(f"{f}\x1f{word}", fresh[(f, word)], ttl, now)
             elif what == "score":
                 out.scores[f] = {str(h["_id"]): float(h.get("_score") or 0.0) for h in item["hits"]["hits"]}
             else:
                 out.matched[f] = {str(h["_id"]): _matched(h) for h in item["hits"]["hits"]}
-        num_docs = self._cached(("", ""), now)
+        known = lambda key: fresh[key] if key in fresh else self._cached(key, now)  # noqa: E731
+        num_docs = known(("", ""))
         for f, ws in out.words.items():
-            dfs = [self._cached((f, w.lower()), now) for w in ws]
+            dfs = [known((f, w.lower())) for w in ws]
             if num_docs is None or any(d is None for d in dfs):
                 if f not in out.errors and ws:
                     out.errors[f] = "document frequencies are missing from the answer"
@@ -205,7 +210,7 @@ class OpenSearchFeatureSource(FieldsFeatureSource):
 
     keyword_source = "opensearch"
 
-    def __init__(self, backend: "OpenSearchBackend", keyword_fields: dict[str, str], embed_fields: list[str],
+    def __init__(self, backend: Any, keyword_fields: dict[str, str], embed_fields: list[str],
                  knn_names: list[str]):
         super().__init__(backend, embed_fields, knn_names)
         self.queries = OpenSearchKeywordQueries(backend, keyword_fields)

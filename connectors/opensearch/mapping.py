@@ -7,6 +7,7 @@ so a cluster built by hand or by another tool is accepted when it fits.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cascade.config import IndexConfig, KnnConfig, OpenSearchBackendConfig
@@ -97,3 +98,80 @@ def mapping_problems(mapping_response: dict[str, Any], cfg: IndexConfig, backend
                 dim_problem = (f"the index's {backend.knn_field} holds {vec.get('dimension')}-d vectors{where} "
                                f"but the embedder gives {dim}-d ones")
     return missing, dim_problem
+
+
+DISCOVERED = {t: kind for kind, types in COMPATIBLE.items() for t in types if kind != "float" or t not in
+              ("long", "integer")}
+_NAME = re.compile(r"[^a-z0-9_]+")
+
+
+def _leaves(props: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every mapped field as (dotted path, spec); object fields are walked, multi-field sub-fields are not."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for name, spec in props.items():
+        path = f"{prefix}{name}"
+        if "properties" in spec and spec.get("type", "object") in ("object", "nested"):
+            out += _leaves(spec["properties"], path + ".")
+        else:
+            out.append((path, spec))
+    return out
+
+
+def config_from_mapping(mapping_response: dict[str, Any], name: str, backend: dict[str, Any],
+                        dim: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """A cascade config (as data) for an index that exists, from ``GET INDEX/_mapping``; and what was left out.
+
+    Text fields become BM25 fields (english analyzer kept, any other as
+    standard), keyword, number and date fields become filterable fields, and a
+    ``knn_vector`` of the embedder's dimension becomes a kNN retriever. A field
+    whose path is not a plain name is given one (``metadata.year`` becomes
+    ``metadata_year``) and mapped back through ``backend.field_map``.
+    """
+    body = next(iter(mapping_response.values()), {}) if mapping_response else {}
+    props = (body.get("mappings") or {}).get("properties") or {}
+    fields: dict[str, dict[str, Any]] = {}
+    field_map: dict[str, str] = {}
+    skipped: list[str] = []
+    vectors: list[tuple[str, int]] = []
+    for path, spec in _leaves(props):
+        ftype = spec.get("type", "object")
+        if ftype == "knn_vector":
+            vectors.append((path, int(spec.get("dimension", -1))))
+            continue
+        kind = DISCOVERED.get(ftype)
+        if kind is None:
+            skipped.append(f"{path} ({ftype}: no cascade field type)")
+            continue
+        cname = _NAME.sub("_", path.lower()).strip("_") or "field"
+        while cname in fields:
+            cname += "_"
+        entry: dict[str, Any] = {"type": kind}
+        if kind == "text":
+            entry["analyzer"] = "english" if spec.get("analyzer") == "english" else "standard"
+        fields[cname] = entry
+        if cname != path:
+            field_map[cname] = path
+    text = [n for n, f in fields.items() if f["type"] == "text"]
+    if not text:
+        raise ValueError("the index maps no text field: cascade needs at least one for BM25")
+    b = {"type": "opensearch", **backend, **({"field_map": field_map} if field_map else {})}
+    retrievers: dict[str, Any] = {"bm25": {"type": "bm25", "k": 100}}
+    usable = [(p, d) for p, d in vectors if dim is None or d == dim]
+    for p, d in vectors:
+        if (p, d) not in usable:
+            skipped.append(f"{p} (knn_vector of {d} dimensions; the embedder gives {dim})")
+    if usable:
+        b["knn_field"] = usable[0][0]
+        retrievers["knn"] = {"type": "knn", "k": 100}
+        skipped += [f"{p} (a second knn_vector; cascade uses one)" for p, _ in usable[1:]]
+    cfg = {
+        "index": name,
+        "description": f"Discovered from the mapping of {backend.get('index') or name}; review and bump version.",
+        "backend": b,
+        "fields": fields,
+        "embedder": {"model": "default", "fields": text[:2]},
+        "retrievers": retrievers,
+        "fusion": {"method": "rrf", "k": 60, "keep": 100},
+        "features": {"version": 1, "semantic": bool(usable)},
+    }
+    return cfg, skipped
