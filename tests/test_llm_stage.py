@@ -149,6 +149,10 @@ def test_pointwise_without_logprobs_reads_the_word(chat, tiny_index):
     chat.mode = "no_logprobs"
     res = run(open_cascade(tiny_config(stages=[llm_stage(chat.url)]), settings), "solar electricity storage")
     assert not res.degraded and set(res.candidates.stage_scores["llm"][:6]) <= {0.0, 1.0}
+    chat.requests[:] = []
+    res = run(open_cascade(tiny_config(stages=[llm_stage(chat.url, logprobs=0)]), settings), "solar electricity")
+    assert not res.degraded and "logprobs" not in chat.requests[0]
+    assert chat.requests[0]["response_format"]["json_schema"]["schema"] == {"type": "string", "enum": ["yes", "no"]}
 
 
 @pytest.mark.parametrize("mode", ["garbage", "refusal", "error500"])

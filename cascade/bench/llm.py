@@ -52,7 +52,8 @@ class LLMBench(BenchResult):
     def markdown(self, command: str, machine: str) -> str:
         lines = [
             *head_lines(command, machine),
-            f"Server: {self.url} (OpenAI-compatible), model `{self.model}`; the stage runs on the top {self.rerank} "
+            f"Server: {self.url} (OpenAI-compatible; `make bench-llm` assembles the model, starts llama-cpp-python's "
+            f"server and runs this), model `{self.model}`; the stage runs on the top {self.rerank} "
             f"of the index's default cascade (its last step: `{self.previous}`), no document moving more than "
             f"{self.max_move} places; documents cut to {self.max_doc_chars} characters. {self.queries} judged "
             f"queries, {self.seconds:.0f} s in all.  ",

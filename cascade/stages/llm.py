@@ -60,6 +60,7 @@ LISTWISE_SYSTEM = (
 LISTWISE_USER = "Query: {query}\n\n{docs}\n\nRank the {n} documents above for the query. Answer with JSON only."
 
 _WORD = re.compile(r"[a-z]+")
+YES_NO = {"type": "string", "enum": ["yes", "no"]}
 
 
 class LLMConfig(StageConfigBase):
@@ -80,8 +81,9 @@ class LLMConfig(StageConfigBase):
     window: int = Field(default=10, ge=2, le=100, description="listwise: documents per request.")
     stride: int = Field(default=5, ge=1, le=100, description="listwise: how far the window slides up each time.")
     constrain: Literal["json_schema", "json_object", "none"] = Field(
-        default="json_schema", description="listwise: constrain the answer to the shown ids with a JSON schema: "
-                                           "json_schema (OpenAI, vLLM), json_object (llama-cpp-python), none.")
+        default="json_schema", description="Constrain answers with a JSON schema (listwise: to the shown ids; "
+                                           "pointwise with logprobs: 0, to yes/no): json_schema (OpenAI, vLLM), "
+                                           "json_object (llama-cpp-python), none.")
     logprobs: int = Field(default=5, ge=0, le=20, description="pointwise: top log-probabilities asked for (0: "
                                                               "read the answer's word instead).")
 
@@ -130,8 +132,11 @@ class PointwiseScorer:
 
     async def _one(self, query: str, doc: str, deadline: float | None) -> float:
         user = POINTWISE_USER.format(query=clean_text(query, 2000), doc=quote(doc, self.cfg.max_doc_chars))
-        got = await self.client.complete(POINTWISE_SYSTEM, user, max_tokens=2, top_logprobs=self.cfg.logprobs,
-                                         deadline=deadline)
+        # Without log-probabilities the answer itself is constrained to the two words, where the server can.
+        schema = YES_NO if not self.cfg.logprobs and self.cfg.constrain != "none" else None
+        got = await self.client.complete(POINTWISE_SYSTEM, user, max_tokens=4 if schema else 2,
+                                         top_logprobs=self.cfg.logprobs, json_schema=schema,
+                                         constrain=self.cfg.constrain, deadline=deadline)
         self.calls += 1
         self.tokens += got.prompt_tokens + got.completion_tokens
         return yes_probability(got.first_top_logprobs, got.text)
