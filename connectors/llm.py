@@ -91,7 +91,7 @@ class LLMClient:
                                backoff_s=self.backoff_s, error=LLMAPIError)
         try:
             return self._parse(resp.json())
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
             raise LLMAPIError(f"{self.url}: unexpected answer ({type(exc).__name__}: {exc}): {snippet(resp)}",
                               self.url, resp.status_code) from exc
 
@@ -99,7 +99,7 @@ class LLMClient:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         if self.api == "chat":
-            text = (choice.get("message") or {}).get("content") or ""
+            text = str((choice.get("message") or {}).get("content") or "")
             top: dict[str, float] = {}
             content = ((choice.get("logprobs") or {}).get("content")) or []
             if content:
@@ -107,7 +107,7 @@ class LLMClient:
                     top[str(alt["token"])] = float(alt["logprob"])
                 top.setdefault(str(content[0].get("token", "")), float(content[0].get("logprob", -math.inf)))
         else:
-            text = choice.get("text") or ""
+            text = str(choice.get("text") or "")
             top = {}
             lp = choice.get("logprobs") or {}
             firsts = lp.get("top_logprobs") or []

@@ -82,12 +82,13 @@ async def post_json(clients: LoopClients, url: str, body: dict[str, Any], *, dea
     attempts = retries + 1
     for attempt in range(attempts):
         wait = backoff_s * (2 ** attempt)
-        left = time_left(timeout_s, deadline)
-        if left <= 0:
-            raise error(f"{url}: the search's deadline passed before attempt {attempt + 1}", url)
         last = attempt + 1 >= attempts
+        left = timeout_s
         try:
-            async with limit:
+            async with limit:  # the time left is what remains once a slot is free, not when the request queued
+                left = time_left(timeout_s, deadline)
+                if left <= 0:
+                    raise error(f"{url}: the search's deadline passed before attempt {attempt + 1}", url)
                 resp = await client.post(url, json=body, timeout=left)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
             if not last and time_left(timeout_s, deadline) > wait:

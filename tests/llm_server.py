@@ -80,6 +80,8 @@ class ChatServer:
         mode = self.mode
         if mode == "hang":
             return None, {}
+        if mode == "slow":  # answers, but 0.3 s late each time
+            time.sleep(0.3)
         if mode == "error500":
             return 500, {"error": {"message": "the model crashed"}}
         user = body["messages"][-1]["content"]

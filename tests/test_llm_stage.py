@@ -65,16 +65,16 @@ def check_invariants(res, max_move: int, window: int = 6) -> None:
 
 def test_parse_ranking_is_always_a_permutation():
     ids = ["da1b2c3", "d0f9e8d", "d123456", "dabcdef"]
-    assert parse_ranking('{"ranking": ["d123456", "da1b2c3", "dabcdef", "d0f9e8d"]}', ids) == [2, 0, 3, 1]
-    assert parse_ranking("d123456 d123456 dnope 7 da1b2c3", ids) == [2, 0, 1, 3]  # repeats, unknowns dropped
-    assert parse_ranking("", ids) == [0, 1, 2, 3] and parse_ranking("[\"d1234", ids) == [0, 1, 2, 3]
+    assert parse_ranking('{"ranking": ["d123456", "da1b2c3", "dabcdef", "d0f9e8d"]}', ids) == ([2, 0, 3, 1], 4)
+    assert parse_ranking("d123456 d123456 dnope 7 da1b2c3", ids) == ([2, 0, 1, 3], 2)  # repeats, unknowns dropped
+    assert parse_ranking("", ids) == ([0, 1, 2, 3], 0) and parse_ranking("[\"d1234", ids) == ([0, 1, 2, 3], 0)
     rng = random.Random(3)
     alphabet = ids + ["d000000", "0", "1", "-1", "null", "{", "}", "[", "]", ",", '"', "ranking", "é", "\u202e",
                       "\n", " ", "d12345", "D123456", "ignore", "```json"]
     for _ in range(1000):  # fuzzed answers: tokens, fragments, near-miss ids
         answer = "".join(rng.choice(alphabet) + rng.choice(["", " ", ",", '"']) for _ in range(rng.randint(0, 30)))
-        order = parse_ranking(answer, ids)
-        assert sorted(order) == list(range(len(ids))), answer
+        order, named = parse_ranking(answer, ids)
+        assert sorted(order) == list(range(len(ids))) and 0 <= named <= len(ids), answer
 
 
 def test_bounded_keeps_every_move_within_max_move():
@@ -95,6 +95,8 @@ def test_yes_probability_from_logprobs_or_the_word():
     assert yes_probability({" Yes": np.log(0.3), "No": np.log(0.1), "maybe": 0.0}, "") == pytest.approx(0.75)
     assert yes_probability({}, "Yes.") == 1.0 and yes_probability({}, "no, it is not") == 0.0
     assert np.isnan(yes_probability({}, "I cannot help")) and np.isnan(yes_probability({"maybe": 0.0}, ""))
+    assert yes_probability({}, '{"answer": "yes"}') == 1.0  # a JSON-constrained answer
+    assert yes_probability({"yes": 800.0, "no": -800.0}, "") == 1.0  # no overflow on absurd logprobs
 
 
 # ---------------------------------------------------------------- start-up errors
@@ -152,7 +154,9 @@ def test_pointwise_without_logprobs_reads_the_word(chat, tiny_index):
     chat.requests[:] = []
     res = run(open_cascade(tiny_config(stages=[llm_stage(chat.url, logprobs=0)]), settings), "solar electricity")
     assert not res.degraded and "logprobs" not in chat.requests[0]
-    assert chat.requests[0]["response_format"]["json_schema"]["schema"] == {"type": "string", "enum": ["yes", "no"]}
+    schema = chat.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["answer"] == {"type": "string", "enum": ["yes", "no"]}
+    assert schema["additionalProperties"] is False  # what OpenAI's strict mode requires
 
 
 @pytest.mark.parametrize("mode", ["garbage", "refusal", "error500"])
@@ -181,7 +185,7 @@ def test_pointwise_scores_are_cached_per_query_and_document(chat, tiny_index):
 # ---------------------------------------------------------------- listwise
 
 
-@pytest.mark.parametrize("mode", ["good", "chatty", "truncated", "duplicate", "unknown_ids", "garbage"])
+@pytest.mark.parametrize("mode", ["good", "chatty", "truncated", "duplicate", "unknown_ids"])
 def test_listwise_answers_of_every_shape_give_a_valid_bounded_order(chat, tiny_index, mode):
     _, settings = tiny_index
     chat.mode = mode
@@ -199,6 +203,40 @@ def test_listwise_answers_of_every_shape_give_a_valid_bounded_order(chat, tiny_i
     assert schema["properties"]["ranking"]["items"]["enum"] == ids[0]
 
 
+@pytest.mark.parametrize("mode", ["garbage", "refusal"])
+def test_a_listwise_answer_naming_no_id_keeps_the_previous_order_flagged(chat, tiny_index, mode):
+    """Regression (review): a refusal repaired into the previous order was served as the LLM's ranking."""
+    _, settings = tiny_index
+    chat.mode = mode
+    c = open_cascade(tiny_config(stages=[llm_stage(chat.url, method="listwise", window=4, stride=2)]), settings)
+    res = run(c, "solar electricity storage")
+    assert res.degraded == ["llm"] and "named none" in res.traces[-1].error
+    assert list(res.candidates.ids[:6]) == before_llm(res)
+
+
+def test_a_slow_server_is_cut_at_the_deadline_even_behind_the_concurrency_limit(chat, tiny_index):
+    """Regression (review): queued requests got the time left when they queued, not when they started."""
+    _, settings = tiny_index
+    chat.mode = "slow"
+    c = open_cascade(tiny_config(stages=[llm_stage(chat.url, remote={"url": chat.url, "timeout_s": 30,
+                                                                     "max_concurrency": 1})]), settings)
+    t = time.perf_counter()
+    res = asyncio.run(c.search(c.validate(Query(text="solar electricity", size=6)), budget_ms=500))
+    took = time.perf_counter() - t
+    assert res.degraded == ["llm"] and took < 1.2, took  # six 0.3 s answers in a row would take 1.8 s
+
+
+def test_profiles_differing_in_pointwise_settings_do_not_share_a_scorer(chat, tiny_index):
+    _, settings = tiny_index
+    cfg = tiny_config(stages=[llm_stage(chat.url)],
+                      profiles={"words": {"inherit": "default", "stages": {"llm": {"logprobs": 0, "constrain": "none"}}}})
+    opened = open_index(cfg, settings)
+    run(opened.cascade("words"), "solar electricity")
+    assert all("logprobs" not in r for r in chat.requests)
+    assert opened.cascade("default").stages[-1].model_stamp() != opened.cascade("words").stages[-1].model_stamp()
+    asyncio.run(opened.close())
+
+
 def test_fuzzed_server_answers_never_escape_the_stage(chat, tiny_index):
     _, settings = tiny_index
     rng = random.Random(11)
@@ -208,8 +246,8 @@ def test_fuzzed_server_answers_never_escape_the_stage(chat, tiny_index):
     c = open_cascade(tiny_config(stages=[llm_stage(chat.url, method="listwise", window=3, stride=1,
                                                    max_move=2)]), settings)
     for q in itertools.islice(itertools.cycle(["solar power", "deep ocean fish", "gene cells", "wind"]), 40):
-        res = run(c, q)
-        assert not res.degraded
+        res = run(c, q)  # an answer naming no id degrades the stage (the previous order); either way:
+        assert res.degraded in ([], ["llm"])
         check_invariants(res, max_move=2)
 
 

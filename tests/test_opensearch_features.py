@@ -29,6 +29,7 @@ pytest.importorskip("opensearchpy", reason="opensearch-py is not installed")
 
 from connectors.opensearch import features as F  # noqa: E402
 from connectors.opensearch.admin import load_corpus  # noqa: E402
+from tests.test_opensearch_osmem import osmem  # noqa: E402,F401  (the session's osmem server)
 
 FEATURES = {"version": 1, "semantic": False}
 KW = [f"kw.{f}.{x}" for f in ("title", "text") for x in ("bm25", "coverage", "idf_coverage", "phrase", "log_length")]
@@ -41,13 +42,6 @@ def os_config(url: str, **changes):
     data["features"] = FEATURES
     data.update(changes)
     return parse_config(data, "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def osmem():
-    server = osmem_server.OsmemServer.start(freeze=False, japanese=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture

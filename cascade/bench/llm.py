@@ -60,7 +60,8 @@ class LLMBench(BenchResult):
             "Pointwise: P(yes) from the first token's top log-probabilities, combined (zscore, weights 1 : 1) with "
             "the previous step's score; listwise: a permutation of the window (JSON-constrained), read strictly.",
             "",
-            f"| method | nDCG@10 before ({self.previous}) | after | Δ | LLM step p50 s | p95 s | calls / query | "
+            f"| method | nDCG@10 before ({self.previous}) | after | Δ | LLM step p50 s | p95 s (cumulative p95 minus "
+            "the previous step's) | calls / query | "
             "tokens / query | queries it failed on |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]

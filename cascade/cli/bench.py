@@ -108,6 +108,17 @@ def bench_ltr(
     _show(res, report)
 
 
+def _built_config(dataset: str, index_name: Optional[str]):
+    """The index's config, once its embedded index is known to be built (what the service benchmarks serve)."""
+    from connectors.embedded import index_exists
+
+    cfg = _config_for(index_name or dataset, None, create=False)
+    if cfg.backend.type == "embedded" and not index_exists(cfg, _settings()):
+        raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
+                           f"(or `cascade demo --prepare-only`) first")
+    return cfg
+
+
 def bench_serve(
     dataset: str = typer.Option("scifact", help="Dataset whose queries to send (its index must be built)."),
     split: str = typer.Option("test"),
@@ -121,15 +132,10 @@ def bench_serve(
     """Time the HTTP service: cache hits under load (wrk) and uncached searches beside in-process ones."""
     _setup()
     from cascade.bench import serve as bench
-    from connectors.embedded import index_exists
 
     try:
         queries, qrels = _judged(dataset, split)
-        cfg = _config_for(index_name or dataset, None, create=False)
-        if cfg.backend.type == "embedded" and not index_exists(cfg, _settings()):
-            raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
-                               f"(or `cascade demo --prepare-only`) first")
-        cfg = bench.cheap_config(cfg, with_cross_encoder)
+        cfg = bench.cheap_config(_built_config(dataset, index_name), with_cross_encoder)
         texts = [queries[q] for q in qrels if q in queries][:limit]
         res = bench.run(cfg, _settings(), texts, concurrency=concurrency, duration_s=duration,
                         on_step=lambda s: err.print(f"[dim]{s}[/]"))
@@ -157,15 +163,10 @@ def bench_overload(
     """Uncached searches under overload: the admission policy (503 + Retry-After) beside queueing only."""
     _setup()
     from cascade.bench import overload as bench
-    from connectors.embedded import index_exists
 
     try:
         queries, qrels = _judged(dataset, split)
-        cfg = _config_for(index_name or dataset, None, create=False)
-        if cfg.backend.type == "embedded" and not index_exists(cfg, _settings()):
-            raise CascadeError(f"index {cfg.index} is not built; run `cascade index --dataset {dataset}` "
-                               f"(or `cascade demo --prepare-only`) first")
-        cfg = bench.cheap_config(cfg, with_cross_encoder)
+        cfg = bench.cheap_config(_built_config(dataset, index_name), with_cross_encoder)
         texts = [queries[q] for q in qrels if q in queries][:limit]
         res = bench.run(cfg, _settings(), texts, clients=clients, duration_s=duration,
                         on_step=lambda s: err.print(f"[dim]{s}[/]"))

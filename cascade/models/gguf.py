@@ -43,9 +43,9 @@ def part_paths(parts_dir: Path | None = None) -> list[Path]:
 
 def assemble(out: Path, parts_dir: Path | None = None, sha256: str = SHA256) -> Path:
     """Concatenate the parts into ``out`` (written beside it, renamed when the checksum matches)."""
-    parts = part_paths(parts_dir)
-    if out.is_file() and _sha256(out) == sha256:
+    if out.is_file() and _sha256(out) == sha256:  # already assembled (the parts may be gone since)
         return out
+    parts = part_paths(parts_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".partial")
     with open(tmp, "wb") as fh:

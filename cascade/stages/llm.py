@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import re
 import secrets
@@ -60,7 +61,8 @@ LISTWISE_SYSTEM = (
 LISTWISE_USER = "Query: {query}\n\n{docs}\n\nRank the {n} documents above for the query. Answer with JSON only."
 
 _WORD = re.compile(r"[a-z]+")
-YES_NO = {"type": "string", "enum": ["yes", "no"]}
+YES_NO = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+          "required": ["answer"], "additionalProperties": False}
 
 
 class LLMConfig(StageConfigBase):
@@ -99,7 +101,8 @@ class LLMConfig(StageConfigBase):
 
     def stamp(self) -> str:
         """Changes whenever the scores would: the server, the model, the method and the prompt template."""
-        blob = repr((self.remote.url, self.model, self.api, self.method, PROMPT_VERSION, self.max_doc_chars))
+        blob = repr((self.remote.url, self.model, self.api, self.method, PROMPT_VERSION, self.max_doc_chars,
+                     self.logprobs, self.constrain))
         return "llm:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def build(self, ctx: BuildContext) -> "LLMStage":
@@ -113,7 +116,8 @@ class LLMConfig(StageConfigBase):
             raise ConfigError(ctx.file, f"{ctx.key}.remote.api_key_env", str(exc)) from None
         scorer = None
         if self.method == "pointwise":
-            scorer = ctx.scorer(("llm-pointwise", self.stamp()), lambda: PointwiseScorer(self, client),
+            scorer = ctx.scorer(("llm-pointwise", self.stamp(), self.remote.model_dump_json()),
+                                lambda: PointwiseScorer(self, client),
                                 cacheable=self.pair_cacheable)
         return LLMStage(self, client, scorer)
 
@@ -128,7 +132,7 @@ class PointwiseScorer:
         self.tokens = 0
 
     async def score(self, query: str, docs: list[str], deadline: float | None = None) -> np.ndarray:
-        return np.array(await asyncio.gather(*(self._one(query, d, deadline) for d in docs)), dtype=np.float64)
+        return np.array(await all_or_nothing([self._one(query, d, deadline) for d in docs]), dtype=np.float64)
 
     async def _one(self, query: str, doc: str, deadline: float | None) -> float:
         user = POINTWISE_USER.format(query=clean_text(query, 2000), doc=quote(doc, self.cfg.max_doc_chars))
@@ -145,27 +149,52 @@ class PointwiseScorer:
         return None
 
 
+async def all_or_nothing(coros: list[Any]) -> list[Any]:
+    """Every result, or the first failure with the others cancelled (they would only hold the server's slots)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None), None)
+    if failed is not None:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise failed.exception()  # type: ignore[misc]
+    return [t.result() for t in tasks]
+
+
 def quote(text: str, max_chars: int) -> str:
     """Document text as data inside the template: cleaned, cut, and unable to close or open its quotes."""
     t = clean_text(text, max_chars)
-    return re.sub(r"</?\s*document\b[^>]*>", "[tag removed]", t, flags=re.IGNORECASE)
+    return re.sub(r"<\s*/?\s*document\b[^>]*>", "[tag removed]", t, flags=re.IGNORECASE)
 
 
 def yes_probability(top: dict[str, float], text: str) -> float:
-    """P(yes) / (P(yes) + P(no)) over the first token's alternatives; else the answer's first word; else NaN."""
-    yes = sum(math.exp(v) for k, v in top.items() if k.strip().lower() in ("yes", "y"))
-    no = sum(math.exp(v) for k, v in top.items() if k.strip().lower() in ("no", "n"))
-    if yes + no > 0:
-        return yes / (yes + no)
+    """P(yes) / (P(yes) + P(no)) over the first token's alternatives; else the answer's word (or its JSON
+    ``answer``); else NaN."""
+    yes = [v for k, v in top.items() if k.strip().lower() in ("yes", "y")]
+    no = [v for k, v in top.items() if k.strip().lower() in ("no", "n")]
+    if yes or no:
+        lse = lambda xs: max(xs) + math.log(sum(math.exp(x - max(xs)) for x in xs)) if xs else -math.inf  # noqa: E731
+        return 1.0 / (1.0 + math.exp(min(lse(no) - lse(yes), 700.0)))
+    text = str(text)
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("answer"), str):
+            text = data["answer"]
+    except ValueError:
+        pass
     words = _WORD.findall(text.lower())
     if words and words[0] in ("yes", "no"):
         return 1.0 if words[0] == "yes" else 0.0
     return math.nan
 
 
-def parse_ranking(answer: str, ids: list[str]) -> list[int]:
-    """The order the answer gives, as indices into ``ids``: unknown and repeated ids dropped, missing ones
-    appended in their previous order. Always a permutation of ``range(len(ids))``, whatever ``answer`` holds."""
+def parse_ranking(answer: str, ids: list[str]) -> tuple[list[int], int]:
+    """The order the answer gives, as indices into ``ids``, and how many of them it named: unknown and
+    repeated ids dropped, missing ones appended in their previous order. Always a permutation of
+    ``range(len(ids))``, whatever ``answer`` holds."""
     pos = {d: i for i, d in enumerate(ids)}
     found = re.findall(r"[A-Za-z0-9]+", answer or "")
     order: list[int] = []
@@ -175,8 +204,9 @@ def parse_ranking(answer: str, ids: list[str]) -> list[int]:
         if i is not None and i not in seen:
             seen.add(i)
             order.append(i)
+    named = len(order)
     order += [i for i in range(len(ids)) if i not in seen]
-    return order
+    return order, named
 
 
 def bounded(preferred: list[int], max_move: int) -> list[int]:
@@ -234,15 +264,19 @@ class LLMStage(Reranker):
             ids = _fresh_ids(len(part))
             blocks = "\n\n".join(f'<document id="{ids[j]}">\n{quote(docs[i], self.cfg.max_doc_chars)}\n</document>'
                                  for j, i in enumerate(part))
-            schema = ({"type": "object", "properties": {"ranking": {"type": "array", "items": {"enum": ids}}},
-                       "required": ["ranking"]} if self.cfg.constrain != "none" else None)
+            schema = ({"type": "object", "properties": {"ranking": {"type": "array",
+                                                                    "items": {"type": "string", "enum": ids}}},
+                       "required": ["ranking"], "additionalProperties": False} if self.cfg.constrain != "none" else None)
             got = await self.client.complete(LISTWISE_SYSTEM, LISTWISE_USER.format(query=clean_text(query, 2000),
                                                                                   docs=blocks, n=len(part)),
                                              max_tokens=8 * len(part) + 32, json_schema=schema,
                                              constrain=self.cfg.constrain, deadline=deadline)
             self.calls += 1
             self.tokens += got.prompt_tokens + got.completion_tokens
-            order[start:start + w] = [part[j] for j in parse_ranking(got.text, ids)]
+            ranked, named = parse_ranking(got.text, ids)
+            if not named:  # a refusal, or nothing readable: the previous order, flagged
+                raise RuntimeError(f"the answer named none of the window's {len(part)} ids: {got.text[:120]!r}")
+            order[start:start + w] = [part[j] for j in ranked]
             if start == 0:
                 return order
             start = max(0, start - s)
