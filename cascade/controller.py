@@ -28,6 +28,7 @@ from cascade.overrides import apply_overrides, override_bounds
 from cascade.query import Query, validate_query
 from cascade.retrieval import DocumentSource, MultiRetriever, Retriever
 from cascade.stages.base import Stage, below
+from cascade.stages.usage import metered
 from cascade.text import error_text, normalize_query
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,14 @@ class StageTrace:
     note: str | None = None  # e.g. a stage shrunk or skipped to fit the request's budget
     budget_cut: str | None = None  # "shrunk" or "skipped" when the budget cut this stage (the note says how)
     cost_unit: str | None = None  # stages: what ``scored`` counts (pairs, rows, calls, tokens)
+    usage: dict[str, int] = field(default_factory=dict)  # other work the stage metered (an LLM's tokens)
 
     def as_dict(self, top: int | None = None) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "kind", "n_in", "n_out", "scored", "ms", "elapsed_ms")}
         if self.cost_unit:
             d["cost_unit"] = self.cost_unit
+        if self.usage:
+            d["usage"] = dict(self.usage)
         d["ms"], d["elapsed_ms"] = round(self.ms, 3), round(self.elapsed_ms, 3)
         d["top"] = [{"id": i, "score": _f(s)} for i, s in list(zip(self.ids, self.scores))[:top]]
         if self.error:
@@ -62,6 +66,16 @@ class StageTrace:
         if self.note:
             d["note"] = self.note
         return d
+
+
+    def costs(self) -> dict[str, int]:
+        """This step's work by unit: ``scored`` in its cost unit plus what it metered (nothing when it failed)."""
+        if self.error or not self.cost_unit:
+            return {}
+        out = {self.cost_unit: self.scored}
+        for unit, n in self.usage.items():
+            out[unit] = out.get(unit, 0) + n
+        return out
 
 
 def _f(x: float) -> float | None:
@@ -98,11 +112,11 @@ class SearchResult:
     profile: str = "default"
 
     def cost(self) -> dict[str, int]:
-        """Work done by the stages that ran, by cost unit (e.g. ``{"pairs": 10, "rows": 200}``)."""
+        """Work done by the stages that ran, by cost unit (e.g. ``{"pairs": 10, "rows": 200, "tokens": 900}``)."""
         out: dict[str, int] = {}
         for t in self.traces:
-            if t.cost_unit and not t.error:
-                out[t.cost_unit] = out.get(t.cost_unit, 0) + t.scored
+            for unit, n in t.costs().items():
+                out[unit] = out.get(unit, 0) + n
         return out
 
     @property
@@ -289,6 +303,7 @@ class Cascade:
         for stage in self.stages:
             t = time.perf_counter()
             error = note = cut = None
+            usage: dict[str, int] = {}
             window = self._affordable(stage, cands, deadline)
             if window == 0:
                 out, note, cut = cands, "skipped: the remaining budget cannot cover one candidate", "skipped"
@@ -297,7 +312,8 @@ class Cascade:
                 try:
                     if stage.text_fields:
                         await self._fill_fields(head, 0, min(len(head), stage.rerank or len(head)))
-                    out = await stage(query, head, deadline)
+                    with metered() as usage:
+                        out = await stage(query, head, deadline)
                     if tail is not None and len(tail):  # shrunk: the unscored rest follows in its previous order
                         tail.score = below(out.score, tail.score)
                         out = out.concat(tail).head(stage.keep)
@@ -311,22 +327,37 @@ class Cascade:
                 self._costs.observe(stage.name, (now - t) * 1e3, scored)
             traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
                                      (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note, cut,
-                                     stage.cost_unit))
+                                     stage.cost_unit, {} if error else dict(usage)))
             cands = out
         await self._fill_fields(cands, query.offset, query.offset + query.size)  # the page the caller sees
         return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3, self.profile)
 
     def _affordable(self, stage: Stage, cands: Candidates, deadline: float | None) -> int | None:
-        """How many candidates the stage may score within the deadline (None: no limit needed)."""
+        """How many candidates the stage may score within the deadline (None: no limit needed).
+
+        Costs are learned per cost unit (a pair, a row, an LLM call); ``stage.cost_units(n)`` says how many
+        units scoring ``n`` candidates takes (a listwise LLM: one call per window, not per candidate).
+        """
         if deadline is None:
             return None
         want = min(len(cands), stage.rerank or len(cands))
-        est = self._costs.estimate(stage.name, want)
+        units = getattr(stage, "cost_units", None) or (lambda n: n)
+        est = self._costs.estimate(stage.name, units(want))
         left_ms = (deadline - time.monotonic()) * 1e3
         if est is None or est <= left_ms:
             return None
-        per_item = self._costs.per_item(stage.name)
-        return max(0, min(want, int(left_ms / per_item))) if per_item > 0 else None
+        per_unit = self._costs.per_item(stage.name)
+        if per_unit <= 0:
+            return None
+        fits = int(left_ms / per_unit)  # units the time left pays for
+        lo, hi = 0, want  # the most candidates whose units fit (units(n) grows with n)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if units(mid) <= fits:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     async def candidates(self, query: Query, t0: float | None = None, *, features: bool | None = None,
                          retrieved: "Retrieved | None" = None) -> tuple[Candidates, list[StageTrace]]:

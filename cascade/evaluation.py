@@ -110,8 +110,8 @@ class _Collect:
                 ranking = ["__failed__"]
             else:
                 ranking = tr.ids or ["__no_result__"]
-                if tr.cost_unit:
-                    so_far[tr.cost_unit] = so_far.get(tr.cost_unit, 0) + tr.scored
+                for unit, n in tr.costs().items():  # its cost unit, and what it metered (an LLM's tokens)
+                    so_far[unit] = so_far.get(unit, 0) + n
             self.runs.setdefault(tr.name, {})[qid] = {d: float(len(ranking) - i) for i, d in enumerate(ranking)}
             self.cum_ms.setdefault(tr.name, []).append(tr.ms if tr.kind == "retriever" else tr.elapsed_ms)
             self.step_ms.setdefault(tr.name, []).append(tr.ms)

@@ -182,6 +182,50 @@ def test_pointwise_scores_are_cached_per_query_and_document(chat, tiny_index):
     asyncio.run(opened.close())
 
 
+def test_tokens_are_metered_into_the_trace_and_eval_cost(chat, tiny_index):
+    """The stage's cost shows in calls (its cost unit) and tokens (metered), in the trace and in `cascade eval`."""
+    from cascade.evaluation import evaluate
+
+    _, settings = tiny_index
+    c = open_cascade(tiny_config(stages=[llm_stage(chat.url)]), settings)
+    res = run(c, "solar electricity storage")
+    llm = res.traces[-1]
+    sent = sum(len(r["messages"][1]["content"]) // 4 + 1 for r in chat.requests)  # the server's usage arithmetic
+    assert llm.usage["tokens"] >= sent - len(chat.requests) and llm.usage["tokens"] > 6
+    assert llm.as_dict()["usage"] == llm.usage and res.cost()["calls"] == 6
+    assert res.cost()["tokens"] == llm.usage["tokens"]
+    rep = asyncio.run(evaluate(c, {"q1": "solar electricity storage", "q2": "deep sea fish"},
+                               {"q1": {"d5": 1}, "q2": {"d6": 1}}, dataset="tiny", split="test"))
+    step = next(s for s in rep.stages if s.name == "llm")
+    assert step.cost_per_query["calls"] == 6 and step.cost_per_query["tokens"] > 6
+    chat.mode = "error500"  # a failed stage did no work worth counting
+    assert not run(c, "solar electricity").traces[-1].usage
+
+
+def test_a_listwise_budget_is_planned_in_calls_not_candidates(chat, tiny_index):
+    """Regression (review): the cost learned per call was multiplied by candidates, so budgets cut listwise
+    stages far more than needed. 6 documents, window 4, stride 2: 2 calls, not 6 units."""
+    _, settings = tiny_index
+    c = open_cascade(tiny_config(stages=[llm_stage(chat.url, method="listwise", window=4, stride=2)]), settings)
+    stage = c.stages[-1]
+    assert [stage.cost_units(n) for n in (0, 1, 2, 4, 5, 6, 8)] == [0, 0, 1, 1, 2, 2, 3]
+    cands = run(c, "solar electricity").candidates
+    c.reset_costs()
+    c._costs.observe("llm", 100.0, 1)  # 100 ms per call
+    soon = time.monotonic()
+    assert c._affordable(stage, cands, soon + 0.25) is None  # 2 calls = 200 ms fit in 250 ms: no cut
+    assert c._affordable(stage, cands, soon + 0.15) == 4  # one call's worth: the first window of 4
+    assert c._affordable(stage, cands, soon + 0.05) == 1  # no call: only the free single document
+
+
+def test_a_single_document_makes_no_listwise_call(chat, tiny_index):
+    _, settings = tiny_index
+    c = open_cascade(tiny_config(stages=[llm_stage(chat.url, method="listwise", window=4, stride=2, rerank=1)]),
+                     settings)
+    res = run(c, "solar electricity storage")
+    assert not res.degraded and not chat.requests and res.traces[-1].scored == 0
+
+
 # ---------------------------------------------------------------- listwise
 
 

@@ -69,8 +69,8 @@ class Metrics:
         for t in result.traces:
             self.step_seconds.labels(index, p, t.name, t.kind).observe(t.ms / 1e3)
             self.step_candidates.labels(index, p, t.name, t.kind).observe(t.n_out)
-            if t.cost_unit and not t.error:  # whatever the stage's type: it declares its unit
-                self.stage_cost.labels(index, p, t.name, t.cost_unit).inc(t.scored)
+            for unit, n in t.costs().items():  # whatever the stage's type: it declares its unit (and meters tokens)
+                self.stage_cost.labels(index, p, t.name, unit).inc(n)
             if t.error:
                 self.degraded.labels(index, p, t.name).inc()
             if t.budget_cut:

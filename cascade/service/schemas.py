@@ -98,6 +98,8 @@ class TraceStep(BaseModel):
     n_out: int
     scored: int = Field(description="Work this step did: candidates scored, in the stage's cost_unit.")
     cost_unit: str | None = Field(default=None, description="Stages: what scored counts (pairs, rows, calls, tokens).")
+    usage: dict[str, int] | None = Field(default=None, description="Stages: other work metered besides scored, by "
+                                         "unit (an LLM stage's prompt + completion tokens).")
     ms: float
     elapsed_ms: float
     top: list[TraceTop]

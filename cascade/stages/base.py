@@ -16,7 +16,10 @@ metrics, evaluation, ``explain`` and the benchmarks never test a stage's type:
   scorer's model stamp.
 - ``validate_index(index, key)``: start-up checks against the index config.
 - At run time: ``describe()`` (what ``explain`` and the plan show),
-  ``model_stamp()`` (part of cache keys and fingerprints) and ``close()``.
+  ``cost_units(n)`` (units of ``cost_unit`` that scoring ``n`` candidates
+  takes, which latency budgets plan with), ``model_stamp()`` (part of cache
+  keys and fingerprints) and ``close()``; work besides ``scored`` (an LLM's
+  tokens) is metered with :func:`cascade.stages.usage.record`.
 
 Like a Vespa phase, a stage scores the top ``rerank`` candidates it is given
 (all by default); those rank above the rest, which keep the previous order
@@ -61,6 +64,8 @@ class Stage(Protocol):
     async def __call__(self, query: "Query", candidates: Candidates, deadline: float | None) -> Candidates: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def cost_units(self, n: int) -> int: ...
 
     def model_stamp(self) -> str | None: ...
 
@@ -271,6 +276,11 @@ class Reranker:
         if self.combine is not None:
             d["combine"] = f"{self.combine.normalize}: " + " + ".join(f"{w:g}*{k}" for k, w in self.combine.weights.items())
         return d
+
+    def cost_units(self, n: int) -> int:
+        """Cost units (``cost_unit``) scoring ``n`` candidates takes: what latency budgets are planned in.
+        One per candidate here; a stage that works per call over many candidates says otherwise."""
+        return n
 
     def model_stamp(self) -> str | None:
         return None

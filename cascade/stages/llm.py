@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 from cascade.candidates import Candidates
 from cascade.endpoints import RemoteEndpoint
 from cascade.errors import CascadeError, ConfigError
+from cascade.stages import usage
 from cascade.stages.base import BuildContext, Reranker, StageConfigBase, below, combined
 from cascade.text import clean_text
 
@@ -143,6 +144,7 @@ class PointwiseScorer:
                                          constrain=self.cfg.constrain, deadline=deadline)
         self.calls += 1
         self.tokens += got.prompt_tokens + got.completion_tokens
+        usage.record("tokens", got.prompt_tokens + got.completion_tokens)
         return yes_probability(got.first_top_logprobs, got.text)
 
     async def close(self) -> None:
@@ -250,6 +252,8 @@ class LLMStage(Reranker):
             if not np.isfinite(raw).all():  # an answer that is neither yes nor no: keep the previous order
                 raise RuntimeError(f"{int((~np.isfinite(raw)).sum())} of {len(raw)} answers were neither yes nor no")
             return raw
+        if len(docs) < 2:  # one document has one order: nothing to ask
+            return np.ones(len(docs))
         order = await self._listwise(query.text, docs, deadline)
         out = np.empty(len(docs))
         out[order] = np.arange(len(docs), 0, -1, dtype=np.float64)
@@ -273,6 +277,7 @@ class LLMStage(Reranker):
                                              constrain=self.cfg.constrain, deadline=deadline)
             self.calls += 1
             self.tokens += got.prompt_tokens + got.completion_tokens
+            usage.record("tokens", got.prompt_tokens + got.completion_tokens)
             ranked, named = parse_ranking(got.text, ids)
             if not named:  # a refusal, or nothing readable: the previous order, flagged
                 raise RuntimeError(f"the answer named none of the window's {len(part)} ids: {got.text[:120]!r}")
@@ -301,11 +306,18 @@ class LLMStage(Reranker):
         return out.head(self.keep)
 
     def scorer_calls(self, n: int) -> int:
-        """Calls this search made (pointwise: one per document; listwise: one per window)."""
+        """Calls a search over ``n`` documents makes (pointwise: one per document; listwise: one per window,
+        none for a single document)."""
         if self.cfg.method == "pointwise":
             return n
+        if n < 2:
+            return 0
         w, s = self.cfg.window, self.cfg.stride
         return 1 if n <= w else 1 + math.ceil((n - w) / s)
+
+    def cost_units(self, n: int) -> int:
+        """Budgets plan in calls: ``scorer_calls(n)``."""
+        return self.scorer_calls(n)
 
     def describe(self) -> dict[str, Any]:
         d = {**super().describe(), "method": self.cfg.method, "model": self.cfg.model, "max_move": self.cfg.max_move}
