@@ -300,6 +300,27 @@ class Cascade:
         if not validated:
             query = self.validate(query)
         cands, traces = await self.candidates(query, t0, retrieved=retrieved)
+        cands = await self.run_stages(query, cands, traces, t0=t0, deadline=deadline)
+        await self._fill_fields(cands, query.offset, query.offset + query.size)  # the page the caller sees
+        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3, self.profile)
+
+    async def rerank(self, query: Query, candidates: Candidates, *, budget_ms: float | None = None) -> SearchResult:
+        """Only this profile's stages, over candidates the caller brings (no retrieval, fusion or features).
+
+        What the rerank APIs serve: documents sent in the request, ranked by the profile's query-independent
+        stages (a stage that reads features needs the index's candidates, so callers check ``reads_features``).
+        ``query`` must be validated; ``candidates`` carry their ``fields`` (the text the stages read).
+        """
+        t0 = time.perf_counter()
+        deadline = None if budget_ms is None else time.monotonic() + budget_ms / 1e3
+        traces: list[StageTrace] = []
+        cands = await self.run_stages(query, candidates, traces, t0=t0, deadline=deadline)
+        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3, self.profile)
+
+    async def run_stages(self, query: Query, cands: Candidates, traces: list[StageTrace], *, t0: float,
+                         deadline: float | None = None) -> Candidates:
+        """Each stage in order over ``cands``, appending its trace to ``traces``; a failing stage is skipped
+        (previous order kept, trace flagged) and a stage the budget cannot afford is shrunk or skipped."""
         for stage in self.stages:
             t = time.perf_counter()
             error = note = cut = None
@@ -329,8 +350,7 @@ class Cascade:
                                      (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note, cut,
                                      stage.cost_unit, {} if error else dict(usage)))
             cands = out
-        await self._fill_fields(cands, query.offset, query.offset + query.size)  # the page the caller sees
-        return SearchResult(query, cands, traces, (time.perf_counter() - t0) * 1e3, self.profile)
+        return cands
 
     def _affordable(self, stage: Stage, cands: Candidates, deadline: float | None) -> int | None:
         """How many candidates the stage may score within the deadline (None: no limit needed).
