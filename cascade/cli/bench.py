@@ -330,6 +330,7 @@ def bench_llm(
     max_doc_chars: int = typer.Option(1200, min=50, help="Each document is cut to this many characters."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
     report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the settings and per-method rows as JSON."),
 ) -> None:
     """nDCG@10 before and after the LLM stage (pointwise and listwise), with its latency, calls and tokens."""
     _setup()
@@ -348,3 +349,8 @@ def bench_llm(
         _fail(exc)
         return
     _show(res, report)
+    if json_out:
+        import dataclasses
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(dataclasses.asdict(res), indent=2))
