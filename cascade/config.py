@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Union
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from cascade.backend_config import AwsSigV4Config, EmbeddedBackendConfig, OpenSearchBackendConfig
 from cascade.errors import ConfigError
+from cascade.experiments.config import ExperimentConfig, check_experiments
 from cascade.profiles import resolve_profiles
 from cascade.stages import StageItem
 from features.config import FeatureSetConfig
@@ -177,6 +179,9 @@ class IndexConfig(_Strict):
     default_profile: str = Field(default="default", description="The profile a request without `profile` gets.")
     limits: Limits = Field(default_factory=Limits)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    experiments: dict[str, ExperimentConfig] = Field(
+        default_factory=dict, description="Online experiments over this index's rank profiles, by id (A/B, "
+                                          "interleaving, multileaving; see docs/experiments.md).")
 
     @model_validator(mode="before")
     @classmethod
@@ -216,6 +221,7 @@ class IndexConfig(_Strict):
         for name in self.profile_names():
             top = name == "default" and bool((info.context or {}).get("default_at_top", True))
             self._check_profile(name, self.profile(name), "" if top else f"profiles.{name}.")
+        check_experiments(self.experiments, self.profile_names())
         return self
 
     def _check_profile(self, name: str, prof: ProfileConfig, at: str) -> None:
@@ -332,6 +338,9 @@ def _format_validation_error(exc: ValidationError, data: Any) -> tuple[str, str]
         msg = msg.removeprefix("Value error, ")
         if not key and ": " in msg:
             key, msg = msg.split(": ", 1)
+        elif re.match(r"^[a-z_][a-z0-9_.]*: ", msg):  # a nested model's check naming its own key ("arms: ...")
+            sub, msg = msg.split(": ", 1)
+            key = f"{key}.{sub}"
     more = f" (and {len(errs) - 1} more error{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
     return key, msg + more
 

@@ -27,7 +27,7 @@ from cascade.fusion import fuse
 from cascade.overrides import apply_overrides, override_bounds
 from cascade.query import Query, validate_query
 from cascade.retrieval import DocumentSource, MultiRetriever, Retriever
-from cascade.stages.base import Stage, below
+from cascade.stages.base import Stage, below, early_exit
 from cascade.stages.usage import metered
 from cascade.text import error_text, normalize_query
 
@@ -52,6 +52,7 @@ class StageTrace:
     budget_cut: str | None = None  # "shrunk" or "skipped" when the budget cut this stage (the note says how)
     cost_unit: str | None = None  # stages: what ``scored`` counts (pairs, rows, calls, tokens)
     usage: dict[str, int] = field(default_factory=dict)  # other work the stage metered (an LLM's tokens)
+    early_exit: dict[str, Any] | None = None  # the stage was skipped: the previous step was confident (signal, value)
 
     def as_dict(self, top: int | None = None) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "kind", "n_in", "n_out", "scored", "ms", "elapsed_ms")}
@@ -65,6 +66,8 @@ class StageTrace:
             d["error"] = self.error
         if self.note:
             d["note"] = self.note
+        if self.early_exit:
+            d["early_exit"] = dict(self.early_exit)
         return d
 
 
@@ -128,6 +131,11 @@ class SearchResult:
     def budget_skipped(self) -> list[str]:
         """Stages the latency budget skipped (the previous order was kept)."""
         return [t.name for t in self.traces if t.budget_cut == "skipped"]
+
+    @property
+    def early_exits(self) -> list[str]:
+        """Stages skipped for this query because the step before them was already confident."""
+        return [t.name for t in self.traces if t.early_exit]
 
     @property
     def budget_shrunk(self) -> dict[str, int]:
@@ -202,6 +210,10 @@ class Cascade:
         if fusion is not self.config.fusion:
             view.config = self.config.model_copy(update={"fusion": fusion})
         return view
+
+    def with_fusion(self, fusion: Any) -> "Cascade":
+        """A view fusing with another fusion config (an RRFConfig or LinearConfig): how tuning tries fusions."""
+        return self._view(config=self.config.model_copy(update={"fusion": fusion}))
 
     def bounds(self) -> dict[str, dict[str, int | None]]:
         """The largest keep and rerank a request may ask of each step."""
@@ -320,13 +332,20 @@ class Cascade:
     async def run_stages(self, query: Query, cands: Candidates, traces: list[StageTrace], *, t0: float,
                          deadline: float | None = None) -> Candidates:
         """Each stage in order over ``cands``, appending its trace to ``traces``; a failing stage is skipped
-        (previous order kept, trace flagged) and a stage the budget cannot afford is shrunk or skipped."""
+        (previous order kept, trace flagged) and a stage the budget cannot afford is shrunk or skipped.
+        A stage with ``early_exit`` is skipped (previous order kept, cut to its ``keep``) when the step before it
+        is confident about this query; the trace's ``early_exit`` says why."""
+        previous = next((tr.name for tr in reversed(traces) if tr.kind != "features"), "the caller's order")
         for stage in self.stages:
             t = time.perf_counter()
             error = note = cut = None
             usage: dict[str, int] = {}
-            window = self._affordable(stage, cands, deadline)
-            if window == 0:
+            # Only over an order some step produced: the rerank APIs' first stage sees the caller's order, unscored.
+            exited = early_exit(getattr(stage, "early_exit", None), cands.score, query.text or "") if traces else None
+            window = None if exited else self._affordable(stage, cands, deadline)
+            if exited:
+                out, note = cands.head(stage.keep), exited.note(previous)
+            elif window == 0:
                 out, note, cut = cands, "skipped: the remaining budget cannot cover one candidate", "skipped"
             else:
                 head, tail = (cands, None) if window is None else (cands.head(window), cands.take(np.arange(window, len(cands))))
@@ -343,13 +362,14 @@ class Cascade:
                     log.exception("stage %s failed", stage.name)
                     out, error, note, cut = cands, error_text(exc), None, None
             now = time.perf_counter()
-            scored = 0 if error or cut == "skipped" else out.scored.get(stage.name, 0)
+            scored = 0 if error or cut == "skipped" or exited else out.scored.get(stage.name, 0)
             if scored:
                 self._costs.observe(stage.name, (now - t) * 1e3, scored)
             traces.append(StageTrace(stage.name, stage.kind, len(cands), len(out), scored, (now - t) * 1e3,
                                      (now - t0) * 1e3, list(out.ids), out.score.tolist(), error, note, cut,
-                                     stage.cost_unit, {} if error else dict(usage)))
-            cands = out
+                                     stage.cost_unit, {} if error else dict(usage),
+                                     exited.as_dict() if exited else None))
+            cands, previous = out, (previous if exited or error or cut == "skipped" else stage.name)
         return cands
 
     def _affordable(self, stage: Stage, cands: Candidates, deadline: float | None) -> int | None:

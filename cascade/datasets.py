@@ -165,6 +165,13 @@ def load_qrels(folder: Path, split: str) -> dict[str, dict[str, int]]:
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
         raise DatasetError(f"{path}: no qrels for split {split!r}; splits here: {', '.join(qrels_splits(folder)) or 'none'}")
+    return read_qrels(path)
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """A qrels TSV (BEIR: query-id, corpus-id, score, with a header; or TREC's four columns)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: not found")
     out: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
@@ -186,8 +193,16 @@ def load_qrels(folder: Path, split: str) -> dict[str, dict[str, int]]:
 
 def locate_dataset(name: str, settings: Settings, download: bool = True,
                    progress: Callable[[int, int], None] | None = None) -> Path:
-    """The folder of dataset ``name``: under CASCADE_DATA_DIR, in the download cache, or downloaded."""
-    if "/" in name or name in ("", ".", ".."):
+    """The folder of dataset ``name``: under CASCADE_DATA_DIR, in the download cache, or downloaded.
+
+    A path (it has a ``/``) names a BEIR folder directly: the workbench's judgments
+    (``.cascade/judgments/INDEX``) or any folder of queries and qrels of your own."""
+    if "/" in name:
+        folder = Path(name).expanduser()
+        if not (folder / "queries.jsonl").is_file():
+            raise DatasetError(f"{name}: not a dataset folder (a path names a folder with queries.jsonl and qrels/)")
+        return folder
+    if name in ("", ".", ".."):
         raise DatasetError(f"invalid dataset name {name!r}")
     if settings.data_dir is not None:
         d = Path(settings.data_dir).expanduser() / name

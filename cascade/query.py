@@ -49,6 +49,7 @@ class Query:
     user_id: str | None = None
     session_id: str | None = None
     id: str | None = None  # a query id, for evaluation runs
+    user_attributes: dict[str, str] = field(default_factory=dict)  # e.g. the user's segment (personal features)
     parsed_filters: tuple[Filter, ...] = ()
 
 
@@ -187,4 +188,5 @@ def validate_query(query: Query, field_types: dict[str, str], max_size: int, max
         session_id=query.session_id,
         id=query.id,
         parsed_filters=parsed,
+        user_attributes=query.user_attributes,
     )

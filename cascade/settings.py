@@ -16,7 +16,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -115,11 +117,100 @@ class Settings(BaseSettings):
         default=16_384, ge=1024, le=1 << 24,
         description="Largest request line plus headers accepted (431 and close above).",
     )
+    # Experiments and events (Redis Streams; need CASCADE_REDIS_URL).
+    events_enabled: bool = Field(
+        default=True, description="With CASCADE_REDIS_URL: log searches and accept POST /v1/events into Redis "
+                                  "Streams. false: experiments still assign arms, nothing is recorded.")
+    events_consumer: bool = Field(
+        default=True, description="Aggregate events in this process (a consumer-group member); false when "
+                                  "`cascade experiments consume` runs elsewhere.")
+    events_log_queries: Literal["experiments", "all"] = Field(
+        default="experiments", description="Which searches are logged (ubi_queries): only those in an "
+                                           "experiment, or all (events on unlogged searches count as orphans).")
+    events_max_backlog: int = Field(
+        default=100_000, ge=1, le=100_000_000,
+        description="Events waiting to be aggregated beyond which POST /v1/events answers 503 + Retry-After.")
+    events_retention: int = Field(
+        default=1_000_000, ge=1000, le=1_000_000_000,
+        description="Records kept in the stream (the raw log export-ubi reads); must exceed events_max_backlog.")
+    events_max_batch: int = Field(default=1000, ge=1, le=100_000, description="Events in one POST /v1/events.")
+    events_query_ttl_s: int = Field(
+        default=7 * 86_400, ge=60, le=365 * 86_400,
+        description="How long a search's record waits for its events (later events count as orphans).")
+    events_snapshot_every: int = Field(
+        default=50, ge=1, le=1_000_000, description="Experiments keep a snapshot of their counts (a look, for "
+                                                    "always-valid p-values and plots) every this many impressions.")
     public_ops_endpoints: bool = Field(
         default=True,
         description="Serve /metrics, /docs, /redoc and /openapi.json without a key; false: they need "
                     "CASCADE_ADMIN_API_KEY (header X-API-Key) like /v1/admin/*.",
     )
+
+
+    @model_validator(mode="after")
+    def _events_fit(self) -> "Settings":
+        if self.events_retention <= self.events_max_backlog:
+            raise ValueError(f"CASCADE_EVENTS_RETENTION ({self.events_retention}) must exceed "
+                             f"CASCADE_EVENTS_MAX_BACKLOG ({self.events_max_backlog}), or trimming the stream "
+                             f"could drop events not yet aggregated")
+        return self
+
+    # The rerank APIs (cascade/service/rerank: Cohere, Jina, Voyage, TEI, vLLM shapes); docs/rerank.md.
+    rerank_prefix: str = Field(
+        default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="Also serve the rerank APIs under this path (e.g. /cascade); they are always served at the root.",
+    )
+    rerank_default_model: str | None = Field(
+        default=None, description="INDEX, INDEX:PROFILE or an alias the rerank APIs use when a request names no "
+        "model (TEI clients never do); unset: the one index whose default profile can rerank, if only one can.",
+    )
+    rerank_models: dict[str, str] = Field(
+        default_factory=dict, description='Aliases a request\'s `model` may use, JSON: {"rerank-english-v3.0": '
+        '"scifact:ce"} (for clients that insist on a model name of their own).',
+    )
+    rerank_api_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description='Optional key per rerank route, JSON: {"/v2/rerank": "...", "*": "..."} '
+        '(routes: /v1/rerank, /v2/rerank, /rerank (also /info), /score; "*": every route without its own). Sent '
+        "as Authorization: Bearer KEY, a bare Authorization: KEY, or X-API-Key.",
+    )
+    rerank_max_request_bytes: int = Field(
+        default=16 << 20, ge=1024, description="Largest rerank request body (413 in the API's own shape above); "
+        "there is no cap on the number of documents.",
+    )
+    rerank_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="A rerank request waits this long for its ranking (504 after; "
+        "the ranking goes on, and an identical retry joins it instead of starting over). 1,000 abstracts took "
+        "80 s a request on 2 busy CPU cores (docs/benchmarks.md): raise it on a small or loaded machine.",
+    )
+    rerank_max_concurrent: int = Field(
+        default=2, ge=1, le=256, description="Rerank requests computed at once, in a pool apart from the searches' "
+        "(a 1,000-document request holds its slot as long as hundreds of searches).",
+    )
+    rerank_max_queued: int = Field(
+        default=16, ge=0, le=10_000, description="Rerank requests allowed to wait for a slot; more, or one whose "
+        "expected wait exceeds CASCADE_RERANK_TIMEOUT_S, get 429 + Retry-After at once.",
+    )
+    # The workbench (/ui; docs/workbench.md). Unset: beside CASCADE_INDEX_DIR (.cascade/judgments, .cascade/evals).
+    judgments_dir: Path | None = Field(
+        default=None,
+        description="Judgments saved from the workbench: one BEIR folder per index (INDEX/queries.jsonl, "
+        "INDEX/qrels/ui.tsv) that `cascade eval --dataset DIR/INDEX --split ui` reads.",
+    )
+    evals_dir: Path | None = Field(
+        default=None,
+        description="The last `cascade eval` of each index and profile (INDEX/PROFILE.json), which the workbench shows.",
+    )
+
+    @field_validator("rerank_api_keys")
+    @classmethod
+    def _known_routes(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = sorted(set(v) - set(RERANK_KEY_ROUTES))
+        if bad:
+            raise ValueError(f"unknown route {bad[0]!r}; keys name one of {', '.join(RERANK_KEY_ROUTES)}")
+        return v
+
+
+RERANK_KEY_ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank", "/score", "*")
 
 
 @lru_cache(maxsize=1)

@@ -75,6 +75,16 @@ def public_reason(text: str) -> str:
     return _ABS_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
+def public_value(value: Any) -> Any:
+    """A JSON-like value (a config dump, a saved report) as public answers show it: every string holding a path
+    cut by :func:`public_reason`."""
+    if isinstance(value, dict):
+        return {k: public_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [public_value(v) for v in value]
+    return public_reason(value) if isinstance(value, str) and "/" in value else value
+
+
 def error_text(exc: BaseException) -> str:
     """An exception as a trace or an answer shows it: its type and message, with server paths cut."""
     return public_reason(f"{type(exc).__name__}: {exc}")

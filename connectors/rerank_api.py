@@ -6,6 +6,17 @@ so the controller skips the stage and flags the response instead of
 returning a half-scored list. Documents are cleaned first (lone
 surrogates cannot even be encoded as JSON), empty ones are not sent, and a
 request never carries more documents than the server accepts (``max_batch``).
+
+Multimodal documents (``{"text": ..., "image": ...}``, the image a URL or base64 data) go to APIs that take
+images in Jina's multimodal shape (jina-reranker-m0), which reads one modality per document: each entry
+sent is ``{"text": ...}`` or ``{"image": ...}`` (the model card's examples; its ``compute_score`` takes one
+``doc_type``). A document with both is sent as two entries, one each, and scores the better of the two,
+so neither its picture nor its words are dropped. The image is passed on as given, never cut.
+
+A 400 or 422 for a batch (something in it the server refuses) is not the whole batch's fault:
+the batch is split in halves until the document the server refuses is alone; it gets no score (the
+stage's fallback, below every scored document) and the others are scored. Only when no document at all
+could be scored does the error fail the stage (flagged, previous order kept).
 """
 
 from __future__ import annotations
@@ -55,6 +66,25 @@ SHAPES: dict[str, APIShape] = {
                                                            "top_n": len(docs), "return_documents": False},
                      _cohere_results),
 }
+IMAGES = ("jina",)  # APIs that accept a document's image
+SPLIT_ON = (400, 422)  # a batch refused for something in it: split it to find the document (413: use max_batch)
+
+
+def _entries(docs: list[Any]) -> tuple[list[Any], list[int]]:
+    """What is sent for ``docs`` (cleaned; empty ones left out) and the document each entry scores.
+
+    Plain strings while no document has an image; else Jina's multimodal entries, one modality each
+    (a document with text and image gives two)."""
+    multimodal = any(isinstance(d, dict) and d.get("image") for d in docs)
+    out, owner = [], []
+    for i, d in enumerate(docs):
+        text, image = (d.get("text") or "", d.get("image")) if isinstance(d, dict) else (d, None)
+        parts: list[Any] = [{"text": text} if multimodal else text] if text.strip() else []
+        if image and multimodal:
+            parts.append({"image": image})
+        out += parts
+        owner += [i] * len(parts)
+    return out, owner
 
 
 def endpoint_url(url: str, kind: str) -> str:
@@ -97,21 +127,52 @@ class RemoteReranker:
                    max_concurrency=endpoint.max_concurrency)
 
     async def score(self, query: str, docs: list[Any], deadline: float | None = None) -> np.ndarray:
-        """One score per document, NaN for those not sent; ``deadline`` is ``time.monotonic()`` seconds."""
+        """One score per document, NaN for those not sent; ``deadline`` is ``time.monotonic()`` seconds.
+
+        A document is a string, or ``{"text", "image"}`` for an API that takes images (see the module doc)."""
         if not docs:
             return np.zeros(0)
         query = clean_text(query, self.max_chars)
-        texts = [clean_text(d, self.max_chars) for d in docs]
-        ok = np.array([bool(t.strip()) for t in texts], dtype=bool)
-        rows = np.flatnonzero(ok)
-        chunks = [rows[s: s + self.max_batch] for s in range(0, len(rows), self.max_batch)]
+        entries, owner = _entries([self._clean(d) for d in docs])
+        chunks = [list(range(s, min(s + self.max_batch, len(entries)))) for s in range(0, len(entries), self.max_batch)]
+        refused: list[RerankAPIError] = []
+        results = await asyncio.gather(*(self._isolating(query, [entries[i] for i in idx], deadline, refused)
+                                         for idx in chunks))
+        got = np.concatenate(results) if results else np.zeros(0)
+        if refused and not np.isfinite(got).any():  # nothing could be scored: the stage fails, flagged
+            raise refused[0]
         scores = np.full(len(docs), np.nan)
-        results = await asyncio.gather(*(self._post(query, [texts[i] for i in idx], deadline) for idx in chunks))
-        for idx, got in zip(chunks, results):
-            scores[idx] = got
+        for i, s in zip(owner, got):  # a document's best entry (text or image)
+            if np.isfinite(s) and (np.isnan(scores[i]) or s > scores[i]):
+                scores[i] = s
         return scores
 
-    async def _post(self, query: str, texts: list[str], deadline: float | None) -> np.ndarray:
+    async def _isolating(self, query: str, entries: list[Any], deadline: float | None,
+                         refused: list[RerankAPIError]) -> np.ndarray:
+        """Scores of ``entries``; a batch refused with a 4xx is split until the refused entry is alone (NaN)."""
+        try:
+            return await self._post(query, entries, deadline)
+        except RerankAPIError as exc:
+            if exc.status not in SPLIT_ON:
+                raise
+            if len(entries) == 1:
+                refused.append(exc)
+                return np.full(1, np.nan)
+        half = len(entries) // 2
+        parts = await asyncio.gather(self._isolating(query, entries[:half], deadline, refused),
+                                     self._isolating(query, entries[half:], deadline, refused))
+        return np.concatenate(parts)
+
+    def _clean(self, doc: Any) -> Any:
+        if not isinstance(doc, dict):
+            return clean_text(doc, self.max_chars)
+        if self.kind not in IMAGES:
+            raise RerankAPIError(f"{self.url}: the {self.kind} rerank API takes text only, not images", self.url)
+        image = doc.get("image")
+        return {"text": clean_text(doc.get("text"), self.max_chars),
+                "image": image if isinstance(image, str) and image.strip() else None}
+
+    async def _post(self, query: str, texts: list[Any], deadline: float | None) -> np.ndarray:
         body = self.shape.body(query, texts, self.model)
         resp = await post_json(self.clients, self.url, body, deadline=deadline, retries=self.retries,
                                backoff_s=self.backoff_s, error=RerankAPIError)

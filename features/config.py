@@ -40,6 +40,35 @@ class NumericFeature(_Strict):
     missing: float = 0.0
 
 
+class PopularityFeatures(_Strict):
+    """Per-document click-through rate from the event stream (``cascade behavior consume`` keeps the counts)."""
+
+    half_lives_days: list[float] = Field(
+        default_factory=lambda: [1.0, 30.0], max_length=4,
+        description="Time windows as half-lives: an impression or click `h` days old counts 1/2 (besides "
+                    "all-time counts). Exponential windows are O(1) to update and to read.")
+    prior: float = Field(default=20.0, gt=0, description="Beta prior strength, in impressions, around the "
+                                                         "index-wide CTR of the window.")
+
+    @field_validator("half_lives_days")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(not (h > 0) for h in v):
+            raise ValueError("half-lives must be positive numbers of days")
+        return v
+
+
+class PersonalFeatures(_Strict):
+    """A user's and a segment's affinity to a keyword field of the documents, from their past clicks."""
+
+    field: str = Field(description="A keyword field of the index (its values are what users have affinity to).")
+    segment: str | None = Field(default="segment", description="The user attribute (request `user_attributes`) "
+                                                               "naming the user's segment; null: per-user only.")
+    half_life_days: float | None = Field(default=30.0, gt=0, description="Older clicks count less (null: never).")
+    prior: float = Field(default=5.0, gt=0, description="Prior strength, in clicks, around the index-wide share "
+                                                        "of each value.")
+
+
 class FeatureSetConfig(_Strict):
     version: str = Field(default="1", description="Bump when a feature's meaning changes; models record it.")
     keyword: KeywordFeatures | None = Field(default_factory=KeywordFeatures)
@@ -48,6 +77,8 @@ class FeatureSetConfig(_Strict):
     recency: RecencyFeatures | None = None
     numeric: list[NumericFeature] = Field(default_factory=list)
     query: bool = True
+    popularity: PopularityFeatures | None = None
+    personal: PersonalFeatures | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -55,5 +86,7 @@ class FeatureSetConfig(_Strict):
         return str(v) if isinstance(v, (int, float)) else v
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # Groups added later are left out while unset, so existing feature sets keep their fingerprint.
+        unset = {k for k in ("popularity", "personal") if getattr(self, k) is None}
+        blob = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

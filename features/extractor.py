@@ -19,6 +19,7 @@ from connectors.analysis import analyze
 from features.context import FeatureContext, FeatureSource  # re-exported: older code imports them from here
 from features.groups import NumericGroup, QueryGroup, RecencyGroup, RetrievalGroup, SemanticGroup
 from features.keyword import KeywordGroup
+from features.personal import behavior_group
 from features.provenance import keyword_analyzers
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class FieldsFeatureSource:
 class FeatureExtractor:
     """The feature set of one index; ``names`` is a pure function of the config."""
 
-    def __init__(self, cfg: "IndexConfig", source: FeatureSource | None = None):
+    def __init__(self, cfg: "IndexConfig", source: FeatureSource | None = None, settings: Any = None):
         ft = cfg.features
         if ft is None:
             raise ConfigError(f"{cfg.index}.yaml", "features", "no feature set declared")
@@ -114,13 +115,19 @@ class FeatureExtractor:
             self.groups.append(NumericGroup(ft.numeric))
         if ft.query:
             self.groups.append(QueryGroup(next(iter(text.values()), "english")))
+        behavior = behavior_group(cfg, settings)  # popularity / personal: counts from the event stream, in Redis
+        if behavior is not None:
+            self.groups.append(behavior)
+        # Rankings depend on who asks (and on live counts): the service keys its result cache by user and segment.
+        self.behavioral = behavior is not None
         self.names = [n for g in self.groups for n in g.names()]
         # Where keyword features come from: a model trained on one source's values is refused on another's.
         self.keyword_source: str | None = getattr(source, "keyword_source", "embedded") if ft.keyword else None
         self.keyword_analyzers: dict[str, str] = keyword_analyzers(cfg, self.names)
         # Phrase matches, dates and numeric fields are read from stored fields (so is every keyword feature
         # on a backend without a forward index): the controller fetches them for every candidate first.
-        self.needs_fields = bool(ft.keyword or ft.recency or ft.numeric) or getattr(source, "needs_fields", False)
+        self.needs_fields = bool(ft.keyword or ft.recency or ft.numeric or ft.personal) or \
+            getattr(source, "needs_fields", False)
         self.fingerprint = ft.fingerprint()
 
     def compute(self, query: "Query", candidates: Candidates, memo: dict[str, Any] | None = None) -> np.ndarray:
@@ -141,12 +148,16 @@ class FeatureExtractor:
         """Compute the features; ``fill`` (fetching stored fields) runs concurrently with the source's own
         round trip (``prefetch``: OpenSearch's feature queries), whose time and failure come back as parts
         (name, ms, error) for the trace. A failed part leaves its features at their missing values."""
-        prefetch = getattr(self.source, "prefetch", None) if len(candidates) else None
+        fetchers = [getattr(self.source, "prefetch", None)] + [getattr(g, "prefetch", None) for g in self.groups]
+        fetchers = [f for f in fetchers if f is not None] if len(candidates) else []
         jobs: list[Awaitable[Any]] = [fill()] if fill is not None else []
-        if prefetch is not None:
-            jobs.append(prefetch(query, candidates))
+        jobs += [f(query, candidates) for f in fetchers]  # round trips of their own (OpenSearch, Redis)
         got = await asyncio.gather(*jobs) if jobs else []
-        memo, parts = got[-1] if prefetch is not None else ({}, [])
+        memo: dict[str, Any] = {}
+        parts: list[Any] = []
+        for m, p in got[len(got) - len(fetchers):]:
+            memo.update(m)
+            parts += p
         x = (await asyncio.to_thread(self.compute, query, candidates, memo) if len(candidates)
              else np.zeros((0, len(self.names)), np.float32))
         candidates.features, candidates.feature_names = x, list(self.names)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,9 +29,6 @@ async def log_features(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write one row per (judged query, candidate): query id, doc id, label (0 if unjudged), features."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if cascade.features is None:
         raise CascadeError(f"index {cascade.config.index!r} declares no `features:`; add a feature set to its config")
     unknown = [q for q in qrels if q not in queries]
@@ -61,16 +58,28 @@ async def log_features(
         if on_progress:
             on_progress(n, len(qids))
     x = np.vstack(blocks) if blocks else np.zeros((0, len(names)), np.float32)
+    write_log(out, cols, x, log_meta(cascade.config.index, source, cascade.features))
+    return {"queries": len(qids), "rows": len(x), "empty_queries": empty, "positives": int(sum(l > 0 for l in cols["label"]))}
+
+
+def log_meta(index: str, source: str, features: Any, names: list[str] | None = None) -> dict[str, Any]:
+    """What a feature log records about its feature set (``names``: when they differ from the extractor's)."""
+    return {"index": index, "source": source, "feature_names": names or features.names,
+            "feature_version": features.version, "feature_fingerprint": features.fingerprint,
+            "keyword_source": features.keyword_source, "keyword_analyzers": features.keyword_analyzers}
+
+
+def write_log(out: Path, cols: dict[str, list], x: np.ndarray, meta: dict[str, Any]) -> None:
+    """A feature log: ``cols`` (qid, doc_id, label, fusion_rank), one column per feature, and ``meta``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = meta["feature_names"]
     table = pa.table({**{k: pa.array(v) for k, v in cols.items()},
                       **{name: pa.array(x[:, j]) for j, name in enumerate(names)}})
-    meta = {"index": cascade.config.index, "source": source, "feature_names": names,
-            "feature_version": cascade.features.version, "feature_fingerprint": cascade.features.fingerprint,
-            "keyword_source": cascade.features.keyword_source,
-            "keyword_analyzers": cascade.features.keyword_analyzers}
     table = table.replace_schema_metadata({b"cascade": json.dumps(meta).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
-    return {"queries": len(qids), "rows": len(x), "empty_queries": empty, "positives": int(sum(l > 0 for l in cols["label"]))}
 
 
 def read_log(paths: list[Path]) -> tuple[dict, "object"]:

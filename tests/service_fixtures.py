@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cascade.experiments.traffic import TempRedis
 from cascade.settings import Settings
 from cascade.stages.base import Reranker
 from tests.conftest import TINY_CONFIG, TINY_DOCS, tiny_config
@@ -127,48 +128,17 @@ class SlowSearch:
         return await self.inner(*a, **kw)
 
 
-class RedisServer:
+class RedisServer(TempRedis):
     """A real redis-server on a free loopback port, which a test may stop, restart, pause and resume."""
 
-    def __init__(self, folder: Path):
-        self.binary = shutil.which("redis-server")
-        self.folder = folder
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, folder: Path, appendfsync: str | None = None):
+        super().__init__(folder, appendfsync)
         self.paused = False
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.binary
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.ping, 10, what=f"redis-server on port {self.port}")
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
     def stop(self) -> None:
-        if self.proc is None:
-            return
         if self.paused:
             self.resume()
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+        super().stop()
 
     def pause(self) -> None:
         assert self.proc is not None

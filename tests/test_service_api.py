@@ -58,7 +58,7 @@ def test_search_miss_then_hit_with_the_documented_shape(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"index", "profile", "config_version", "hits", "total", "degraded", "cache", "request_id",
-                         "took_ms"}
+                         "took_ms", "query_id"}
     assert body["index"] == "tiny" and body["config_version"] == "1" and body["cache"] == "miss"
     assert body["profile"] == "default"
     assert body["hits"][0]["id"] == "d1" and len(body["hits"]) == 2 and body["degraded"] == []
@@ -328,7 +328,7 @@ def test_openapi_describes_the_api(client):
             "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     req = spec["components"]["schemas"]["SearchRequest"]
     assert {"query", "filters", "size", "from", "explain", "overrides", "user_id", "session_id",
-            "budget_ms", "profile"} == set(req["properties"])
+            "budget_ms", "profile", "experiment", "arm", "user_attributes"} == set(req["properties"])
     assert req["required"] == ["query"] and req["additionalProperties"] is False
     search = spec["paths"]["/v1/indexes/{index}/search"]["post"]
     assert {"200", "404", "422", "503"} <= set(search["responses"])

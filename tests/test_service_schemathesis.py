@@ -15,6 +15,7 @@ checked; the spec documents those 422s.
 from __future__ import annotations
 
 import os
+import shutil
 
 import httpx
 import pytest
@@ -28,18 +29,29 @@ from schemathesis.specs.openapi.checks import (
 
 from cascade.service import create_app
 from cascade.service.registry import ConfigSource
-from tests.service_fixtures import ServerThread, make_settings, tiny_index_dir, wait_until, write_config  # noqa: F401
+from tests.service_fixtures import (  # noqa: F401
+    RedisServer, ServerThread, make_settings, tiny_index_dir, wait_until, write_config,
+)
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory, tiny_index_dir):
     tmp = tmp_path_factory.mktemp("schemathesis")
-    write_config(tmp / "configs")
-    app = create_app(make_settings(tmp, tiny_index_dir, admin_api_key="not-guessable", max_queued_searches=1000),
-                     ConfigSource(directory=tmp / "configs"))
-    with ServerThread(app) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").json()["status"] == "ready", 120, what="/readyz")
-        yield schemathesis.openapi.from_url(server.url + "/openapi.json")
+    write_config(tmp / "configs", profiles={"lexical": {"inherit": "default", "fusion": {"weights": {"knn": 0}}}},
+                 experiments={"exp": {"mode": "interleave", "arms": ["default", "lexical"], "traffic": 0.5}})
+    redis = None
+    if shutil.which("redis-server"):  # events and experiments are part of the API: fuzz them against a real Redis
+        redis = RedisServer(tmp)
+        redis.start()
+    app = create_app(make_settings(tmp, tiny_index_dir, admin_api_key="not-guessable", max_queued_searches=1000,
+                                   redis_url=redis.url if redis else None), ConfigSource(directory=tmp / "configs"))
+    try:
+        with ServerThread(app) as server:
+            wait_until(lambda: httpx.get(server.url + "/readyz").json()["status"] == "ready", 120, what="/readyz")
+            yield schemathesis.openapi.from_url(server.url + "/openapi.json")
+    finally:
+        if redis is not None:
+            redis.stop()
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,

@@ -113,12 +113,14 @@ def test_service_serves_its_profiles_with_metrics_explain_and_overrides(tiny_ind
         assert again.json()["cache"] == "hit" and again.json()["profile"] == "lite"
 
 
-def test_the_shipped_scifact_config_has_two_profiles_sharing_one_cross_encoder(models_dir, tiny_index_dir, tmp_path):
+def test_the_shipped_scifact_config_has_profiles_sharing_one_cross_encoder(models_dir, tiny_index_dir, tmp_path):
     from cascade.config import load_config
 
     cfg = load_config("scifact", None)
-    assert cfg.profile_names() == ["default", "ce-deep"]
+    assert cfg.profile_names() == ["default", "ce-deep", "ce", "ltr", "fusion", "lexical", "semantic"]
     assert [s.rerank for s in cfg.profile("ce-deep").stages] == [None, 30]
+    assert [s.type for s in cfg.profile("ltr").stages] == ["ltr"] and cfg.profile("fusion").stages == []
+    assert cfg.profile("lexical").fusion.weights == {"knn": 0} and cfg.profile("semantic").fusion.weights == {"bm25": 0}
     # Two profiles naming the same model load it once (on the tiny index: the same stage shapes).
     ce = {"type": "cross_encoder", "model": "minilm-l6-ce-v1", "rerank": 3, "max_length": 64}
     tiny = tiny_config(stages=[ce], profiles={"deep": {"inherit": "default", "stages": {"cross_encoder": {"rerank": 5}}}})

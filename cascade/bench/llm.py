@@ -12,6 +12,7 @@ Both are bounded by ``max_move``. All profiles are evaluated in one pass
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,6 +36,7 @@ class LLMBench(BenchResult):
     max_doc_chars: int = 1200
     rows: list[dict] = field(default_factory=list)  # profile, method, before, after, p50_ms, p95_ms, calls, tokens
     seconds: float = 0.0
+    load: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # load average at start and end (1, 5, 15 min)
 
     def table(self) -> Table:
         t = Table(title=f"LLM stage on {self.dataset} {self.split} ({self.queries} queries, top {self.rerank} "
@@ -71,6 +73,11 @@ class LLMBench(BenchResult):
                          f"{r['failed']} |")
         lines += ["", "Latency is the LLM step alone, per query, on this machine's CPU (the server and the cascade "
                       "share its 2 cores); a failed query kept the previous order (flagged)."]
+        if self.load:
+            fmt = lambda la: ", ".join(f"{x:.1f}" for x in la)  # noqa: E731
+            lines.append(f"Load average (1, 5, 15 min) at the start {fmt(self.load[0])}, at the end {fmt(self.load[1])}"
+                         + (": other jobs shared the 2 cores, so the latencies are an upper bound." if
+                            max(self.load[0][1], self.load[1][1]) > 2.5 else "."))
         return "\n".join(lines) + "\n"
 
 
@@ -99,6 +106,7 @@ def with_llm_profiles(cfg: IndexConfig, *, url: str, model: str, rerank: int, ma
 def run(cfg: IndexConfig, settings, queries: dict[str, str], qrels: dict[str, dict[str, int]], *, dataset: str,
         split: str, url: str, model: str, rerank: int = 5, max_move: int = 5, window: int = 5, stride: int = 3,
         constrain: str = "json_object", timeout_s: float = 120.0, max_doc_chars: int = 1200, limit: int | None = None,
+        methods: tuple[str, ...] = ("pointwise", "listwise"),
         on_progress: Callable[[int, int], None] | None = None) -> LLMBench:
     from cascade.builder import open_index
     from cascade.evaluation import evaluate_profiles
@@ -106,9 +114,13 @@ def run(cfg: IndexConfig, settings, queries: dict[str, str], qrels: dict[str, di
     full, previous = with_llm_profiles(cfg, url=url, model=model, rerank=rerank, max_move=max_move, window=window,
                                        stride=stride, constrain=constrain, timeout_s=timeout_s,
                                        max_doc_chars=max_doc_chars)
-    names = ["llm-pointwise", "llm-listwise"]
+    unknown = [m for m in methods if m not in ("pointwise", "listwise")]
+    if unknown or not methods:
+        raise ValueError(f"--methods: pointwise and/or listwise (got {', '.join(methods) or 'nothing'})")
+    names = [f"llm-{m}" for m in methods]
     opened = open_index(full, settings, profiles=names)
     t0 = time.perf_counter()
+    load0 = os.getloadavg()
     try:
         cascades = [opened.cascade(n) for n in names]
         reports = asyncio.run(evaluate_profiles(cascades, queries, qrels, dataset=dataset, split=split, limit=limit,
@@ -116,7 +128,7 @@ def run(cfg: IndexConfig, settings, queries: dict[str, str], qrels: dict[str, di
     finally:
         asyncio.run(opened.close())
     res = LLMBench(dataset, split, reports[0].queries, url, model, rerank, max_move, previous, max_doc_chars,
-                   seconds=time.perf_counter() - t0)
+                   seconds=time.perf_counter() - t0, load=(load0, os.getloadavg()))
     for name, rep, casc in zip(names, reports, cascades):
         steps = {s.name: s for s in rep.stages}
         llm, before = steps["llm"], steps[previous]

@@ -331,6 +331,8 @@ def bench_llm(
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
     report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the settings and per-method rows as JSON."),
+    methods: str = typer.Option("pointwise,listwise", help="Which methods to run, comma-separated."),
+    timeout_s: float = typer.Option(120.0, min=1, help="Per LLM request (a slow CPU under load needs more)."),
 ) -> None:
     """nDCG@10 before and after the LLM stage (pointwise and listwise), with its latency, calls and tokens."""
     _setup()
@@ -343,7 +345,7 @@ def bench_llm(
         res = _with_progress(f"LLM stage on {n} queries", n, lambda on_progress: bench.run(
             cfg, _settings(), queries, qrels, dataset=dataset, split=split, url=url, model=model, rerank=rerank,
             max_move=max_move, window=window, stride=stride, constrain=constrain, max_doc_chars=max_doc_chars,
-            limit=limit,
+            limit=limit, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), timeout_s=timeout_s,
             on_progress=on_progress))
     except (CascadeError, ValueError) as exc:
         _fail(exc)
@@ -354,3 +356,36 @@ def bench_llm(
 
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(dataclasses.asdict(res), indent=2))
+
+
+def bench_rerank_api(
+    dataset: str = typer.Option("scifact", help="Dataset whose abstracts and test queries to send (no index needed)."),
+    split: str = typer.Option("test", help="Queries of this qrels split."),
+    sizes: str = typer.Option("20,100,1000", help="Documents per request, a comma list."),
+    requests: int = typer.Option(20, min=3, help="Requests per size (a quarter, at least 5, for 1,000 and more); "
+                                 "a p95 needs 20, fewer report the maximum."),
+    report: Optional[Path] = typer.Option(None, help="Update this Markdown file's section."),
+) -> None:
+    """POST /v2/rerank beside the same pairs ranked in-process: latency p50/p95 and documents per second."""
+    _setup()
+    from itertools import islice
+
+    from cascade.bench import rerank_api as bench
+    from cascade.datasets import corpus_file, iter_corpus
+
+    try:
+        counts = [int(c) for c in sizes.split(",") if c.strip()]
+        if not counts or min(counts) < 1:
+            raise ValueError(f"--sizes {sizes!r}: positive integers, e.g. 20,100,1000")
+        queries, qrels = _judged(dataset, split)
+        texts = [queries[q] for q in qrels if q in queries]
+        _, ce = _pair_stage_config(dataset)
+        docs = [rec for _, rec in islice(iter_corpus(corpus_file(_dataset_dir(dataset))), max(counts) * 2)]
+        res = _with_progress("rerank requests", None, lambda on_progress: bench.run(
+            {"type": ce.type, **ce.model_dump(mode="json", exclude_defaults=True)}, _settings(), dataset, texts, docs,
+            sizes=counts,
+            requests=requests, on_step=lambda s: err.print(f"[dim]{s}[/]"), on_progress=on_progress))
+    except (CascadeError, ValueError) as exc:
+        _fail(exc)
+        return
+    _show(res, report, command=f"make bench ({_command()})")

@@ -100,7 +100,8 @@ def _run_eval(dataset: str, index_name: str | None, split: str, limit: int | Non
 
     folder = _dataset_dir(dataset)
     queries, qrels = load_queries(folder), load_qrels(folder, split)
-    opened = _open(index_name or dataset, config, profiles, pair_cache=pair_cache)
+    # A dataset given as a path (the workbench's judgments folder) names its index by the folder's name.
+    opened = _open(index_name or Path(dataset).name, config, profiles, pair_cache=pair_cache)
     cascades = list(opened.profiles.values())
     n = min(limit or len(qrels), len(qrels))
     what = f"evaluating {dataset} {split}" + (f" ({len(cascades)} profiles)" if len(cascades) > 1 else "")
@@ -155,6 +156,13 @@ def _emit(reps: list, json_out: Optional[Path], plot_out: Optional[Path], report
         _warn_failures(rep)
     if several:
         console.print(_comparison(reps))
+    from cascade.ui.evals import save_last_eval  # what the workbench's evaluation view shows
+
+    for rep in reps:
+        try:
+            save_last_eval(rep, _settings(), command)
+        except (OSError, ValueError) as exc:  # the evaluation itself stands: say so, go on with its outputs
+            err.print(f"not kept for the workbench: {exc}", style="yellow", markup=False)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         data = {"profiles": [r.as_json() for r in reps]} if several else reps[0].as_json()

@@ -44,6 +44,7 @@ def _serve(source, host: Optional[str], port: Optional[int], access_log: bool,
               f"indexes open in the background, {url}/readyz says when they are ready")
     err.print(f"  try: curl -s {url}/v1/indexes/{names[0]}/search -H 'Content-Type: application/json' "
               f"-d {shlex.quote(body)}", markup=False)
+    err.print(f"  workbench (every step side by side, compare, judge): {url}/ui", markup=False)
     err.print(f"  API: {url}/docs   metrics: {url}/metrics   stop: Ctrl-C", markup=False)
     logging.getLogger("cascade.service").setLevel(logging.INFO)
     run_server(create_app(s, source), host, port, access_log=access_log, settings=s)

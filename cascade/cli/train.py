@@ -20,13 +20,20 @@ RECIPES = Path(__file__).resolve().parent.parent.parent / "features" / "training
 
 
 def _log_features(dataset: str, split: str, index_name: str | None, out: Path, limit: int | None,
-                  config: Optional[Path], profile: Optional[str] = None) -> dict:
-    """Candidates and features of the judged queries, as the profile's LTR stage will see them (no stage loaded)."""
+                  config: Optional[Path], profile: Optional[str] = None, qrels_file: Optional[Path] = None) -> dict:
+    """Candidates and features of the judged queries, as the profile's LTR stage will see them (no stage loaded).
+    ``qrels_file``: judgments from this file (e.g. ``cascade train labels``) instead of the dataset's split."""
     from cascade.datasets import load_qrels, load_queries
     from features.logging import log_features
 
     folder = _dataset_dir(dataset)
     queries, qrels = load_queries(folder), load_qrels(folder, split)
+    if qrels_file is not None:
+        from features.training.labels import read_qrels_file
+
+        qrels, extra = read_qrels_file(qrels_file)
+        queries = {**queries, **extra}
+        split = qrels_file.name
     opened = _open(index_name or dataset, config, [profile] if profile else None, stages=False)
     casc = opened.cascade(profile)
     n = min(limit or len(qrels), len(qrels))
@@ -50,11 +57,13 @@ def features_log(
                                           "index's default_profile)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N judged queries."),
     config: Optional[Path] = typer.Option(None, help="Cascade YAML (default: CASCADE_CONFIG_DIR/NAME.yaml)."),
+    qrels: Optional[Path] = typer.Option(None, help="Judgments from this qrels TSV instead of --split (e.g. click "
+                                                    "labels from `cascade train labels`; their queries file beside)."),
 ) -> None:
     """Run candidate generation and feature extraction for judged queries; one Parquet row per candidate."""
     _setup()
     try:
-        _log_features(dataset, split, index_name, out, limit, config, profile)
+        _log_features(dataset, split, index_name, out, limit, config, profile, qrels)
     except CascadeError as exc:
         _fail(exc)
 

@@ -9,7 +9,6 @@ route shares the handler and declares ``response_model`` and the request body,
 so /openapi.json describes exactly what is served.
 """
 
-import hmac
 import inspect
 import json
 import re
@@ -26,17 +25,20 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cascade.service import errors
-from cascade.service.errors import ApiError
+from cascade.service import errors, rerank
+from cascade.service.errors import ApiError, admin_refusal
 from cascade.service.registry import ConfigSource, IndexEntry
 from cascade.service.schemas import (
     CacheInfo, CascadeInfo, ErrorResponse, Health, IndexInfo, IndexList, IndexReadiness, ProfileInfo, Readiness,
     ReloadResponse, SearchRequest, SearchResponse, StepBounds,
 )
-from cascade.service.search import finish, run_search
+from cascade.experiments.events import EventBatch
+from cascade.service.experiments import Experiments, experiments_router
+from cascade.service.search import finish
 from cascade.service.state import ServiceState
+from cascade.service.ui import ui_router
 from cascade.settings import Settings, get_settings
-from cascade.text import public_reason
+from cascade.text import public_value
 
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -50,7 +52,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
 
 
-SearchHandler = Callable[[str, bytes, str], Awaitable[tuple[int, bytes, dict[str, str]]]]
+SearchHandler = Callable[[str, bytes, str, "str | None"], Awaitable[tuple[int, bytes, dict[str, str]]]]
 # Operations endpoints: public by default (scrapers, API explorers); CASCADE_PUBLIC_OPS_ENDPOINTS=false puts
 # them behind the admin key. /healthz and /readyz stay open for load balancers; they name no files.
 OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -58,22 +60,9 @@ OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "
 
 def public_config(value: Any) -> Any:
     """A config dump as public answers show it: model and file paths cut to their last part (public_reason)."""
-    if isinstance(value, dict):
-        return {k: public_config(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [public_config(v) for v in value]
-    return public_reason(value) if isinstance(value, str) and "/" in value else value
+    return public_value(value)
 
 
-def admin_refusal(secret: str | None, key: bytes | str | None) -> ApiError | None:
-    """None when ``key`` is the admin key; else the 403 (no key configured) or 401 to answer."""
-    if not secret:
-        return ApiError(403, "X-API-Key", "admin endpoints are off: set CASCADE_ADMIN_API_KEY", "forbidden")
-    given = key.encode("utf-8", "replace") if isinstance(key, str) else key
-    if not given or not hmac.compare_digest(given, secret.encode("utf-8")):
-        return ApiError(401, "X-API-Key", "missing or wrong API key", "unauthorized",
-                        headers={"WWW-Authenticate": "ApiKey"})
-    return None
 _SEARCH_PATH = re.compile(r"^/v1/indexes/([^/]+)/search$")
 
 
@@ -88,9 +77,10 @@ class RequestGuard:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, search: SearchHandler | None = None,
-                 ops_key: str | None = None, ops_protected: bool = False):
+                 ops_key: str | None = None, ops_protected: bool = False, own_limit: frozenset[str] = frozenset()):
         self.app, self.max_bytes, self.search = app, max_bytes, search
         self.ops_key, self.ops_protected = ops_key, ops_protected
+        self.own_limit = own_limit  # paths that cap their bodies themselves (the rerank APIs: their own error shape)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,12 +88,15 @@ class RequestGuard:
             return
         rid = None
         length = None
+        key = None
         for k, v in scope["headers"]:
             if k == b"x-request-id":
                 s = v.decode("latin-1")
                 rid = s if _RID.match(s) else None
             elif k == b"content-length":
                 length = v
+            elif k == b"x-api-key":
+                key = v.decode("latin-1")
         rid = rid or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         rid_header = (b"x-request-id", rid.encode())
@@ -114,6 +107,9 @@ class RequestGuard:
                 message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        if scope["path"] in self.own_limit:
+            await self.app(scope, receive, send_with_id)
+            return
         if length is not None and (not length.isdigit() or int(length) > max_bytes):
             too_big = length.isdigit()
             err = ApiError(413 if too_big else 400, "body",
@@ -131,7 +127,7 @@ class RequestGuard:
         if self.search is not None and scope["method"] == "POST":
             m = _SEARCH_PATH.match(scope["path"])
             if m is not None:
-                await self._fast_search(m.group(1), rid, receive, send_with_id)
+                await self._fast_search(m.group(1), rid, key, receive, send_with_id)
                 return
         seen = 0
 
@@ -147,7 +143,7 @@ class RequestGuard:
 
         await self.app(scope, receive_capped, send_with_id)
 
-    async def _fast_search(self, index: str, rid: str, receive: Receive, send: Send) -> None:
+    async def _fast_search(self, index: str, rid: str, key: str | None, receive: Receive, send: Send) -> None:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -165,7 +161,7 @@ class RequestGuard:
             if not message.get("more_body", False):
                 assert self.search is not None
                 try:
-                    status, body, headers = await self.search(index, b"".join(chunks), rid)
+                    status, body, headers = await self.search(index, b"".join(chunks), rid, key)
                 except Exception as exc:  # a bug: logged, answered like the app's own handler would
                     errors.log.error("unhandled error (request %s)", rid, exc_info=exc)
                     err = ApiError(500, None, f"internal error ({type(exc).__name__}); the request id is in the logs",
@@ -183,11 +179,13 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
     settings = settings or get_settings()
     source = source or ConfigSource(directory=settings.config_dir)
     state = ServiceState(settings, source)
+    state.experiments = Experiments(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
         try:
+            rerank.check(state)  # a CASCADE_RERANK_* setting naming no usable profile fails start-up
             yield
         finally:
             await state.stop()
@@ -209,7 +207,8 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
     app.add_exception_handler(StarletteHTTPException, errors.handle_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, errors.handle_unexpected)
 
-    async def answer_search(index: str, raw: bytes, request_id: str) -> tuple[int, bytes, dict[str, str]]:
+    async def answer_search(index: str, raw: bytes, request_id: str,
+                            api_key: str | None = None) -> tuple[int, bytes, dict[str, str]]:
         """(status, JSON body, extra headers) for one search request: the whole route, errors included."""
         t0 = time.perf_counter()
         m = state.metrics
@@ -220,19 +219,22 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
             except ValidationError as exc:
                 raise errors.body_error(exc, raw) from None
             entry = state.entry(index)
-            profile = body.profile or (entry.opened.default_profile if entry.opened else "default")
-            stable, cache, budget = await run_search(state, entry, body, request_id)
+            assigned = state.experiments.assign(entry, body, request_id, api_key)
+            profile = ("+".join(assigned.arms) if assigned.arm is None else assigned.arm) if assigned else \
+                body.profile or (entry.opened.default_profile if entry.opened else "default")
+            stable, cache, budget, extra = await state.experiments.search(entry, body, request_id, assigned)
         except ApiError as exc:
             m.child(m.requests, label, "(none)", str(exc.status), "none").inc()
             return exc.status, json.dumps(exc.body(request_id)).encode(), exc.headers or {}
         took = (time.perf_counter() - t0) * 1e3
         m.child(m.requests, index, profile, "200", cache).inc()
         m.child(m.request_seconds, index, cache).observe(took / 1e3)
-        return 200, finish(stable, cache, request_id, took, budget), {}
+        return 200, finish(stable, cache, request_id, took, budget, extra), {}
 
     secret = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
     app.add_middleware(RequestGuard, max_bytes=settings.max_request_bytes, search=answer_search,
-                       ops_key=secret, ops_protected=not settings.public_ops_endpoints)
+                       ops_key=secret, ops_protected=not settings.public_ops_endpoints,
+                       own_limit=rerank.own_limit_paths(settings))
 
     api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="CASCADE_ADMIN_API_KEY")
 
@@ -249,7 +251,7 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
                          cache=CacheInfo(enabled=c.cache.enabled, ttl_s=c.cache.ttl_s, pair_scores=c.cache.pair_scores))
 
     @app.post("/v1/indexes/{index}/search", response_model=SearchResponse, tags=["search"],
-              responses=_errors(400, 404, 413, 422, 502, 503, 504),
+              responses=_errors(400, 401, 403, 404, 413, 422, 502, 503, 504),
               openapi_extra={
                   "parameters": [{"name": "index", "in": "path", "required": True, "schema": {"type": "string"},
                                   "description": "An index name, as GET /v1/indexes lists them."}],
@@ -259,7 +261,8 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
     async def search(request: Request) -> Response:
         # Normally answered by RequestGuard's fast path; the same handler here keeps the route complete.
         rid = getattr(request.state, "request_id", None) or uuid.uuid4().hex
-        status, body, headers = await answer_search(request.path_params["index"], await request.body(), rid)
+        status, body, headers = await answer_search(request.path_params["index"], await request.body(), rid,
+                                                    request.headers.get("x-api-key"))
         return Response(body, status_code=status, headers=headers, media_type="application/json")
 
     @app.get("/v1/indexes", response_model=IndexList, tags=["indexes"], summary="The indexes this service answers for")
@@ -317,11 +320,15 @@ def create_app(settings: Settings | None = None, source: ConfigSource | None = N
         if app.openapi_schema is None:
             spec = FastAPI.openapi(app)
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            req = SearchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, sub in req.pop("$defs", {}).items():
-                schemas.setdefault(name, sub)
-            schemas["SearchRequest"] = req
+            for model in (SearchRequest, EventBatch):  # bodies the routes parse themselves
+                req = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in req.pop("$defs", {}).items():
+                    schemas.setdefault(name, sub)
+                schemas[model.__name__] = req
         return app.openapi_schema
 
+    app.include_router(experiments_router(state))
+    app.include_router(ui_router(state))  # the relevance workbench at /ui and its endpoints (docs/workbench.md)
     app.openapi = openapi  # type: ignore[method-assign]
+    rerank.install(app, state, settings)  # Cohere, Jina, Voyage, TEI and vLLM rerank APIs (docs/rerank.md)
     return app

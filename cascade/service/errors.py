@@ -8,6 +8,7 @@ first, with a message about the request, not about pydantic's union branches).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -45,6 +46,17 @@ class ApiError(Exception):
         if request_id:
             err["request_id"] = request_id
         return {"error": err}
+
+
+def admin_refusal(secret: str | None, key: bytes | str | None) -> ApiError | None:
+    """None when ``key`` is the admin key; else the 403 (no key configured) or 401 to answer."""
+    if not secret:
+        return ApiError(403, "X-API-Key", "admin endpoints are off: set CASCADE_ADMIN_API_KEY", "forbidden")
+    given = key.encode("utf-8", "replace") if isinstance(key, str) else key
+    if not given or not hmac.compare_digest(given, secret.encode("utf-8")):
+        return ApiError(401, "X-API-Key", "missing or wrong API key", "unauthorized",
+                        headers={"WWW-Authenticate": "ApiKey"})
+    return None
 
 
 def from_query_error(exc: QueryError) -> ApiError:

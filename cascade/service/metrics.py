@@ -54,6 +54,14 @@ class Metrics:
                                  registry=r)
         self.in_flight = Gauge("cascade_searches_in_flight", "Uncached searches computing now.", registry=r)
         self.reloads = Counter("cascade_reloads", "Admin reloads by outcome.", ["outcome"], registry=r)
+        self.assignments = Counter("cascade_experiment_assignments", "Searches assigned to an experiment, by arm "
+                                   "(interleaved: every arm).", ["index", "experiment", "arm"], registry=r)
+        self.events = Counter("cascade_events", "Posted events by outcome (accepted: stored before the 2xx; "
+                              "rejected: invalid; backlog_full / unavailable: answered 503).", ["outcome"], registry=r)
+        self.events_errors = Counter("cascade_events_store_errors", "Failed writes to the event stream "
+                                     "(query_log: a search logged nothing, it still answered).", ["op"], registry=r)
+        self.consumer = Gauge("cascade_events_consumed", "Records the in-process consumer has applied, by kind "
+                              "(orphans: events whose search is unknown).", ["kind"], registry=r)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -75,6 +83,11 @@ class Metrics:
                 self.degraded.labels(index, p, t.name).inc()
             if t.budget_cut:
                 self.budget_cuts.labels(index, p, t.name, t.budget_cut).inc()
+
+    def observe_consumer(self, stats: Any) -> None:
+        """After each consumer batch: its running totals."""
+        for kind in ("queries", "events", "orphans", "duplicates", "unattributed", "malformed", "replayed", "errors"):
+            self.consumer.labels(kind).set(getattr(stats, kind))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

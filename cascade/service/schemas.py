@@ -9,7 +9,7 @@ here are the widest any config allows.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -56,6 +56,11 @@ class SearchRequest(BaseModel):
     from_: StrictInt = Field(default=0, alias="from", ge=0, le=MAX_WINDOW, description="Offset of the first hit; from + size <= limits.max_size.")
     user_id: StrictStr | None = Field(default=None, max_length=256, description="Caller's user, for logs (not part of the cache key).")
     session_id: StrictStr | None = Field(default=None, max_length=256, description="Caller's session, for logs.")
+    user_attributes: dict[Annotated[StrictStr, Field(min_length=1, max_length=64)],
+                          Annotated[StrictStr, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=16,
+        description='Attributes of the caller\'s user, e.g. {"segment": "clinician"}: personalized features read '
+                    'the one their index names (features.personal.segment); logged with the search.')
     explain: StrictBool = Field(default=False, description="Add each step's trace and each hit's retriever and stage scores.")
     profile: StrictStr | None = Field(default=None, min_length=1, max_length=128,
                                       description="Rank profile to run (GET /v1/indexes/{index}/cascade lists them); "
@@ -64,6 +69,11 @@ class SearchRequest(BaseModel):
         default_factory=dict,
         description='Per step ("fusion" or a stage name): lower keep or rerank for this request, at most the configured value.',
     )
+    experiment: StrictStr | None = Field(default=None, min_length=1, max_length=64,
+                                         description="QA, with `arm` and the admin key (X-API-Key): serve this "
+                                                     "experiment's arm; such requests are never counted.")
+    arm: StrictStr | None = Field(default=None, min_length=1, max_length=128,
+                                  description="QA: the arm of `experiment` to serve (needs X-API-Key).")
     budget_ms: StrictFloat | None = Field(
         default=None, gt=0, le=MAX_BUDGET_MS, allow_inf_nan=False,
         description="Latency budget of this search in milliseconds: a stage whose estimated cost does not fit what "
@@ -84,6 +94,8 @@ class SearchHit(BaseModel):
     retrievers: dict[str, RetrieverScore] | None = Field(default=None, description="explain: which retrievers found it, score and rank.")
     stages: dict[str, float | None] | None = Field(default=None, description="explain: each stage's score (null: not scored).")
     features: dict[str, float | None] | None = Field(default=None, description="explain: the LTR feature vector.")
+    arm: str | None = Field(default=None, description="Interleaved answers: the arm (rank profile) that placed "
+                                                      "this hit; clicks on it credit that arm.")
 
 
 class TraceTop(BaseModel):
@@ -116,9 +128,22 @@ class BudgetReport(BaseModel):
                                                "candidates scored (the unscored rest follows in the previous order).")
 
 
+class ExperimentInfo(BaseModel):
+    id: str
+    mode: Literal["ab", "interleave", "multileave"]
+    arms: list[str]
+    arm: str | None = Field(default=None, description="ab: the arm this user is in (the profile that ranked).")
+    forced: bool | None = Field(default=None, description="An admin forced the arm: not counted.")
+
+
 class SearchResponse(BaseModel):
     index: str
-    profile: str = Field(description="The rank profile that ranked this answer.")
+    profile: str = Field(description="The rank profile that ranked this answer (interleaved: the arms joined "
+                                     "by '+').")
+    query_id: str = Field(description="Send events about this answer (clicks, impressions, dwell) with it: "
+                                      "POST /v1/events.")
+    experiment: ExperimentInfo | None = Field(default=None, description="Present when the search was in an "
+                                              "experiment of the index.")
     config_version: str
     hits: list[SearchHit]
     total: int = Field(description="Candidates left after the last step (what from/size page through).")
@@ -129,6 +154,8 @@ class SearchResponse(BaseModel):
     budget: BudgetReport | None = Field(default=None, description="Present when a latency budget applied (the "
                                         "request's budget_ms or the index's limits.budget_ms): what it cut.")
     trace: list[TraceStep] | None = Field(default=None, description="explain: every step in order.")
+    arm_traces: dict[str, list[TraceStep]] | None = Field(default=None, description="explain on an interleaved "
+                                                          "answer: each arm's own trace.")
 
 
 class ErrorDetail(BaseModel):
@@ -210,3 +237,38 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading", "unavailable"]
     indexes: dict[str, IndexReadiness]
     cache: dict[str, Any]
+
+
+class EventError(BaseModel):
+    index: int = Field(description="Position of the event in the batch.")
+    field: str = Field(description="events.N.path of the field at fault.")
+    message: str
+    type: str
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="Events stored (durably, in Redis) before this answer was sent.")
+    event_ids: list[str] = Field(description="Their ids, in batch order (yours, or a hash of the event): a retry "
+                                             "with the same ids is counted once.")
+
+
+class EventsRejected(BaseModel):
+    error: ErrorDetail = Field(description="The first invalid event.")
+    accepted: int = Field(description="Valid events of the batch, stored anyway.")
+    event_ids: list[str]
+    rejected: list[EventError] = Field(description="Every invalid event, with the field at fault.")
+
+
+class ExperimentSummary(BaseModel):
+    id: str
+    index: str
+    mode: Literal["ab", "interleave", "multileave"]
+    arms: list[str]
+    status: Literal["scheduled", "running", "stopped"]
+    traffic: float
+    sample_size: int | None = None
+    description: str = ""
+
+
+class ExperimentList(BaseModel):
+    experiments: list[ExperimentSummary]

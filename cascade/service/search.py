@@ -1,5 +1,8 @@
 """The search path of the service: validate, look up the cache, compute once, store, answer.
 
+The admission, cache and single-flight steps are :mod:`cascade.service.compute`'s, which the rerank APIs
+share; this module holds what is the search's own: its queries, cache keys, budgets and response body.
+
 A cached answer is the response body minus the per-request fields, stored as
 JSON bytes; a hit appends ``cache``, ``request_id`` and ``took_ms`` to those
 bytes instead of decoding and re-encoding the hits, which is what keeps a hit
@@ -21,23 +24,21 @@ computation only with requests under the same budget.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from cascade.controller import Cascade, SearchResult
-from cascade.errors import AllRetrieversFailed, CascadeError, OverrideError, QueryError, UnknownProfile
+from cascade.errors import OverrideError, QueryError, UnknownProfile
 from cascade.overrides import canonical
 from cascade.query import Query, RangeFilter, TermFilter
-from cascade.service.concurrency import Overloaded
+from cascade.service.compute import admitted, computed_once
 from cascade.service.errors import ApiError, from_query_error
 from cascade.service.schemas import RangeSpec, SearchRequest
-from cascade.text import public_reason
 
 if TYPE_CHECKING:
     from cascade.service.registry import IndexEntry
@@ -89,6 +90,9 @@ def build_query(entry: IndexEntry, req: SearchRequest, casc: Cascade | None = No
     """The validated query, or ApiError(422) naming the field and the index's limit."""
     lim = entry.config.limits
     _check_unicode(req.query, "query")
+    for k, v in req.user_attributes.items():
+        _check_unicode(k, "user_attributes")
+        _check_unicode(v, f"user_attributes.{k}")
     if len(req.query) > lim.max_query_chars:
         raise ApiError(422, "query", f"query is {len(req.query)} characters; the limit of index {entry.name} is "
                                      f"{lim.max_query_chars}", "too_long", limit=lim.max_query_chars)
@@ -100,7 +104,7 @@ def build_query(entry: IndexEntry, req: SearchRequest, casc: Cascade | None = No
                                     f"{entry.name}), got {req.from_} + {req.size}", "too_large", limit=lim.max_size)
     # Cascade.validate normalizes the text (NFKC, whitespace), as on every other path.
     q = Query(text=req.query, filters=_plain_filters(req.filters), size=req.size, offset=req.from_,
-              user_id=req.user_id, session_id=req.session_id)
+              user_id=req.user_id, session_id=req.session_id, user_attributes=dict(req.user_attributes))
     casc = casc or profile_of(entry, req)
     try:
         q = casc.validate(q)
@@ -109,10 +113,13 @@ def build_query(entry: IndexEntry, req: SearchRequest, casc: Cascade | None = No
     return q
 
 
-def result_key(entry: IndexEntry, query: Query, req: SearchRequest, profile: str | None = None) -> str:
+def result_key(entry: IndexEntry, query: Query, req: SearchRequest, profile: str | None = None,
+               personal: bool = False) -> str:
     profile = profile or (entry.opened.default_profile if entry.opened else "default")
     parts = [entry.name, entry.version, profile, entry.fingerprints.get(profile), query.text,
              _canonical_filters(query), query.size, query.offset, canonical(req.overrides), bool(req.explain)]
+    if personal:  # behaviour features (popularity, personal) rank per user and segment
+        parts += [query.user_id, sorted(query.user_attributes.items())]
     blob = json.dumps(parts, separators=(",", ":"), ensure_ascii=False, default=repr)
     digest = hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
     return f"cascade:result:{entry.name}:{digest}"
@@ -137,9 +144,13 @@ def dumps(payload: dict[str, Any]) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def finish(stable: bytes, cache: str, request_id: str, took_ms: float, budget: dict[str, Any] | None = None) -> bytes:
-    """The stored body plus this request's fields (the stored part is a JSON object without them)."""
+def finish(stable: bytes, cache: str, request_id: str, took_ms: float, budget: dict[str, Any] | None = None,
+           fields: dict[str, Any] | None = None) -> bytes:
+    """The stored body plus this request's fields (the stored part is a JSON object without them): the budget
+    report, ``fields`` (the query id and experiment), cache, request id and time."""
     extra = f',"budget":{dumps(budget).decode()}' if budget is not None else ""
+    for k, v in (fields or {}).items():
+        extra += f',"{k}":{dumps(v).decode() if isinstance(v, dict) else json.dumps(v)}'
     tail = f'{extra},"cache":"{cache}","request_id":{json.dumps(request_id)},"took_ms":{round(took_ms, 3)}}}'
     return stable[:-1] + tail.encode()
 
@@ -182,37 +193,15 @@ class Computed:
 async def compute(state: ServiceState, entry: IndexEntry, view: Cascade, query: Query, explain: bool,
                   budget: Budget | None = None, request_id: str = "") -> Computed:
     """Run the cascade (within the admission limit) and encode the stable part of the response."""
-    m = state.metrics
-    entry.active += 1
-    try:
-        deadline_s = min(state.settings.search_timeout_s, budget.ms / 1e3) if budget else state.settings.search_timeout_s
-        async with state.admission.slot(deadline_s) as waited_s:
-            m.in_flight.inc()
-            try:
-                # The budget counts from arrival: what the queue took, the stages cannot have.
-                left = max(budget.ms - waited_s * 1e3, 1.0) if budget else None
-                res = await view.search(query, validated=True, budget_ms=left)
-            finally:
-                m.in_flight.dec()
-    except Overloaded as exc:
-        m.rejected.labels(entry.name).inc()
-        raise ApiError(503, None, f"overloaded: {exc}", "overloaded", headers={"Retry-After": exc.retry_after}) from None
-    except QueryError as exc:
-        raise from_query_error(exc) from None
-    except AllRetrieversFailed as exc:  # the backend, not the request; its details go to the log only
-        log.error("index %s: every retriever failed (request %s): %s", entry.name, request_id, exc)
-        raise ApiError(503, None, f"index {entry.name}: every retriever failed; the search backend is not "
-                                  f"answering (request {request_id} in the service log)", "search_failed") from None
-    except CascadeError as exc:  # a backend refused or failed: not the caller's fault
-        status = 502 if getattr(exc, "status", None) else 503
-        raise ApiError(status, None, f"index {entry.name}: {public_reason(str(exc))}", "backend_error") from None
-    except Exception as exc:  # a bug: logged with the request id, never shown to the caller
-        log.error("index %s: search failed (request %s)", entry.name, request_id, exc_info=exc)
-        raise ApiError(500, None, f"internal error; request {request_id} is in the service log",
-                       "internal") from None
-    finally:
-        state.release(entry)
-    m.observe_result(entry.name, res)
+    timeout_s = state.settings.search_timeout_s
+
+    def run(waited_s: float) -> Awaitable[SearchResult]:
+        # The budget counts from arrival: what the queue took, the stages cannot have.
+        left = max(budget.ms - waited_s * 1e3, 1.0) if budget else None
+        return view.search(query, validated=True, budget_ms=left)
+
+    res = await admitted(state, entry, run, deadline_s=min(timeout_s, budget.ms / 1e3) if budget else timeout_s,
+                         request_id=request_id)
     payload: dict[str, Any] = {
         "index": entry.name, "profile": view.profile, "config_version": entry.version,
         "hits": res.hits(explain=explain), "total": len(res.candidates), "degraded": res.degraded,
@@ -232,31 +221,22 @@ async def run_search(state: ServiceState, entry: IndexEntry, req: SearchRequest,
         view = casc.with_overrides(req.overrides)
     except OverrideError as exc:
         raise ApiError(422, exc.field, exc.message, exc.kind, limit=exc.limit) from None
-    m = state.metrics
     cfg = entry.config.cache
-    key = result_key(entry, query, req, casc.profile) if cfg.enabled else None
-    if key is not None:
-        cached = await state.cache.get(key)
-        if cached is not None:
-            m.child(m.cache_lookups, entry.name, "hit").inc()
-            return cached, "hit", budget.report() if budget else None
-        m.child(m.cache_lookups, entry.name, "miss").inc()
-
-    async def flight() -> Computed:
-        out = await compute(state, entry, view, query, req.explain, budget, request_id)
-        # A degraded or budget-cut answer is not worth repeating for ttl_s (nor to a caller without the budget).
-        if key is not None and not out.degraded and not out.budget_cut:
-            await state.cache.set(key, out.body, cfg.ttl_s)
-        return out
-
+    personal = casc.computes_features and getattr(casc.features, "behavioral", False)
+    key = result_key(entry, query, req, casc.profile, personal) if cfg.enabled else None
     flight_key = key or f"nocache:{id(req)}:{time.monotonic_ns()}"
     if budget is not None:  # share a computation only with requests under the same budget
         flight_key += f":budget={budget.ms!r}"
-    try:
-        out, shared = await state.singleflight.do(flight_key, flight, state.settings.search_timeout_s)
-    except asyncio.TimeoutError:
-        raise ApiError(504, None, f"index {entry.name}: no answer within {state.settings.search_timeout_s:g} s "
-                                  f"(CASCADE_SEARCH_TIMEOUT_S); the search goes on and fills the cache", "timeout") from None
-    if shared:
-        m.singleflight_shared.labels(entry.name).inc()
+    timeout_s = state.settings.search_timeout_s
+    got = await computed_once(
+        state, entry, lambda: compute(state, entry, view, query, req.explain, budget, request_id), key=key,
+        ttl_s=cfg.ttl_s, flight_key=flight_key, timeout_s=timeout_s,
+        # A degraded or budget-cut answer is not worth repeating for ttl_s (nor to a caller without the budget).
+        encode=lambda out: None if out.degraded or out.budget_cut else out.body,
+        late=f"index {entry.name}: no answer within {timeout_s:g} s (CASCADE_SEARCH_TIMEOUT_S); the search goes on "
+             f"and fills the cache")
+    if got.cached is not None:
+        return got.cached, "hit", budget.report() if budget else None
+    out = got.computed
+    assert out is not None
     return out.body, "miss", budget.report(out.result) if budget else None

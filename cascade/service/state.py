@@ -41,6 +41,9 @@ class ServiceState:
         self.loader: asyncio.Task | None = None
         self.started_at = time.time()
         self._closing: set[asyncio.Task] = set()
+        # Experiments, assignment and events (cascade.service.experiments.Experiments): set by create_app, which
+        # wires the parts together, so that this module needs none of them.
+        self.experiments: Any = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -69,6 +72,10 @@ class ServiceState:
             self.pair_store = make_pair_store(self.settings, on_error=self._pair_error)
         return self.pair_store
 
+    def source_configs(self) -> list[Any]:
+        """The configs of the current registry (what start-up read)."""
+        return [e.config for e in self.registry.entries.values()]
+
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
@@ -79,6 +86,8 @@ class ServiceState:
         self.singleflight = SingleFlight()
         configs = self.source.read()
         self.registry = Registry({n: IndexEntry(n, c, p) for n, (c, p) in configs.items()}, generation=1)
+        if self.experiments is not None:
+            await self.experiments.start()
         self.loader = asyncio.create_task(self._open_all(configs))
 
     async def stop(self) -> None:
@@ -88,6 +97,8 @@ class ServiceState:
                 await self.loader
             except (asyncio.CancelledError, Exception):
                 pass
+        if self.experiments is not None:
+            await self.experiments.stop()
         for entry in self.registry.entries.values():
             await self._close(entry)
         await self.cache.close()

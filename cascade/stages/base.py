@@ -15,6 +15,9 @@ metrics, evaluation, ``explain`` and the benchmarks never test a stage's type:
   builder may put the pair-score cache in front of its scorer, keyed by the
   scorer's model stamp.
 - ``validate_index(index, key)``: start-up checks against the index config.
+- ``early_exit`` (every stage config has it): skip the stage for a query when
+  the step before it is already confident (:class:`EarlyExit`); the controller
+  decides before the stage runs and the trace records the decision.
 - At run time: ``describe()`` (what ``explain`` and the plan show),
   ``cost_units(n)`` (units of ``cost_unit`` that scoring ``n`` candidates
   takes, which latency budgets plan with), ``model_stamp()`` (part of cache
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, Mapping, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cascade.candidates import Candidates, stable_order
 
@@ -138,6 +141,93 @@ class Combine(BaseModel):
     normalize: Literal["zscore", "minmax", "rank"] = "zscore"
 
 
+GATE_FEATURES = ("margin12", "margin15", "top_z", "qlen")
+
+
+class EarlyExit(BaseModel):
+    """Skip the stage for a query when the step before it is already confident (thresholds from ``cascade tune``).
+
+    The signal reads only what the stage is handed: the incoming scores of the
+    top ``window`` candidates (z-normalized over that window, so any scale
+    works) and the query's length. ``margin``: the gap between the first and
+    second incoming scores. ``gate``: a logistic model on :data:`GATE_FEATURES`
+    estimating the chance that the stage would not improve this query. The
+    stage is skipped when the signal reaches ``threshold``; the trace says so.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    signal: Literal["margin", "gate"] = "margin"
+    threshold: Annotated[float, Field(allow_inf_nan=False)]
+    window: int = Field(default=10, ge=2, le=1000, description="Incoming candidates the signal reads.")
+    weights: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, description=f"gate: a weight per feature ({', '.join(GATE_FEATURES)}).")
+    bias: Annotated[float, Field(allow_inf_nan=False)] = 0.0
+
+    @model_validator(mode="after")
+    def _fits_signal(self) -> "EarlyExit":
+        if self.signal == "margin" and (self.weights or self.bias):
+            raise ValueError("weights: the margin signal takes no weights or bias (those are for signal: gate)")
+        if self.signal == "gate":
+            if not self.weights:
+                raise ValueError("weights: signal gate needs a weight per feature (`cascade tune` writes them)")
+            bad = sorted(set(self.weights) - set(GATE_FEATURES))
+            if bad:
+                raise ValueError(f"weights.{bad[0]}: unknown gate feature (features: {', '.join(GATE_FEATURES)})")
+            if not 0.0 < self.threshold < 1.0:
+                raise ValueError("threshold: a gate's threshold is a probability, strictly between 0 and 1")
+        return self
+
+
+def exit_features(scores: np.ndarray, query_text: str, window: int = 10) -> dict[str, float] | None:
+    """The gate's cheap features from the incoming scores (best first); None when fewer than 2 are finite."""
+    s = np.asarray(scores, dtype=np.float64)[:window]
+    s = s[np.isfinite(s)]
+    if len(s) < 2:
+        return None
+    sd = float(s.std())
+    if sd <= 0:
+        z = np.zeros(len(s))
+    else:
+        z = (s - s.mean()) / sd
+    return {"margin12": float(z[0] - z[1]), "margin15": float(z[0] - z[min(4, len(z) - 1)]), "top_z": float(z[0]),
+            "qlen": float(np.log1p(len(query_text.split())))}
+
+
+@dataclass(frozen=True)
+class ExitDecision:
+    """Why a stage was skipped for one query: the signal, its value and the threshold it reached."""
+
+    signal: str
+    value: float
+    threshold: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"signal": self.signal, "value": round(self.value, 4), "threshold": self.threshold}
+
+    def note(self, previous: str) -> str:
+        return f"early exit: {previous} was confident ({self.signal} {self.value:.3f} >= {self.threshold:g})"
+
+
+def exit_signal(cfg: EarlyExit, scores: np.ndarray, query_text: str) -> float | None:
+    """The signal's value for one query (None: too few incoming scores to judge, so the stage runs)."""
+    f = exit_features(scores, query_text, cfg.window)
+    if f is None:
+        return None
+    if cfg.signal == "margin":
+        return f["margin12"]
+    x = cfg.bias + sum(w * f[k] for k, w in cfg.weights.items())
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def early_exit(cfg: "EarlyExit | None", scores: np.ndarray, query_text: str) -> ExitDecision | None:
+    """An :class:`ExitDecision` when the stage may be skipped for this query, else None."""
+    if cfg is None:
+        return None
+    v = exit_signal(cfg, scores, query_text)
+    return ExitDecision(cfg.signal, v, cfg.threshold) if v is not None and v >= cfg.threshold else None
+
+
 class StageConfigBase(BaseModel):
     """Fields every stage config has; a stage's own config subclasses this and adds ``type``."""
 
@@ -152,6 +242,8 @@ class StageConfigBase(BaseModel):
     keep: int | None = Field(default=None, ge=1, le=10_000, description="Pass on at most N candidates.")
     combine: Combine | None = Field(default=None, description="Order by a weighted sum of normalized scores.")
     enabled: bool = Field(default=True, description="Per-profile gate: false turns the stage off.")
+    early_exit: EarlyExit | None = Field(default=None, description="Skip this stage for queries the previous step "
+                                         "is already confident about (see `cascade tune`).")
 
     @property
     def stage_name(self) -> str:
@@ -251,10 +343,12 @@ class Reranker:
     def __init__(self, name: str, rerank: int | None = None, keep: int | None = None,
                  combine: Combine | None = None):
         self.name, self.rerank, self.keep, self.combine = name, rerank, keep, combine
+        self.early_exit: EarlyExit | None = None
 
     def configure(self, cfg: StageConfigBase) -> None:
         """Name, window, combination and the contract's declarations, all from the stage's config."""
         self.name, self.rerank, self.keep, self.combine = cfg.stage_name, cfg.rerank, cfg.keep, cfg.combine
+        self.early_exit = cfg.early_exit
         self.kind = cfg.type  # type: ignore[attr-defined]
         self.cost_unit = cfg.cost_unit
         self.reads_features = cfg.reads_features
@@ -275,6 +369,8 @@ class Reranker:
                              "cost_unit": self.cost_unit}
         if self.combine is not None:
             d["combine"] = f"{self.combine.normalize}: " + " + ".join(f"{w:g}*{k}" for k, w in self.combine.weights.items())
+        if self.early_exit is not None:
+            d["early_exit"] = f"{self.early_exit.signal} >= {self.early_exit.threshold:g}"
         return d
 
     def cost_units(self, n: int) -> int:

@@ -23,6 +23,7 @@ from cascade.models.pair_encoding import CHARS_PER_TOKEN_CAP, fallback_scores
 from cascade.stages.base import BuildContext, Reranker, StageConfigBase
 
 REMOTE = ("tei", "cohere", "jina")
+MULTIMODAL = ("jina",)  # remote APIs that take an image beside a document's text (Jina's multimodal shape)
 
 
 class MicroBatch(BaseModel):
@@ -56,6 +57,10 @@ class CrossEncoderConfig(StageConfigBase):
     remote: RemoteEndpoint | None = Field(default=None, description="Remote backends: the rerank API (url, "
                                           "api_key_env, timeout_s, retries, backoff_s, max_concurrency).")
     max_batch: int = Field(default=32, ge=1, le=10_000, description="Remote: most documents in one request.")
+    image_field: str | None = Field(
+        default=None, description="Backend jina with a multimodal model (jina-reranker-m0): a document field holding "
+        "an image (URL or base64 data), scored as an entry of its own beside the text (the model reads one "
+        "modality per entry); the document keeps the better score. Pair scores are then not cached.")
     micro_batch: MicroBatch | None = Field(
         default=None, description="torch / onnx: merge concurrent requests into shared passes; unset: per request.")
 
@@ -76,18 +81,21 @@ class CrossEncoderConfig(StageConfigBase):
         if self.backend in REMOTE and self.micro_batch is not None:
             raise ValueError(f"`micro_batch` applies to the local backends torch and onnx, not {self.backend} "
                              "(a rerank API batches on its own side; use `max_batch`)")
+        if self.image_field is not None and self.backend not in MULTIMODAL:
+            raise ValueError(f"`image_field` needs a remote backend that accepts images ({', '.join(MULTIMODAL)}), "
+                             f"not {self.backend}")
         if self.backend != "torch" and self.dtype != "auto":
             raise ValueError("`dtype` applies to backend torch only (onnx: choose the file with `onnx_file`)")
         return self
 
     def text_fields(self) -> list[str]:
-        return list(self.fields)
+        return list(self.fields) + ([self.image_field] if self.image_field else [])
 
     def scorer_key(self) -> tuple:
         """What makes two stages' scorers the same one (profiles differing in rerank/keep/combine share it)."""
         return ("cross_encoder", self.backend, self.model, tuple(self.fallback), self.batch_size, self.max_length,
                 self.dtype, self.onnx_file, self.remote.model_dump_json() if self.remote else None, self.max_batch,
-                self.micro_batch.model_dump_json() if self.micro_batch else None)
+                self.micro_batch.model_dump_json() if self.micro_batch else None, self.image_field)
 
     def load_runtime(self, settings: Any) -> Any:
         """The model behind the scorer: a blocking local runtime, or an async rerank API client."""
@@ -109,8 +117,9 @@ class CrossEncoderConfig(StageConfigBase):
                                             who=f"cross_encoder {self.stage_name}")
 
     def build(self, ctx: BuildContext) -> "CrossEncoderStage":
+        # Pair-score cache keys hash the text: a document's image would not be in the key.
         scorer = ctx.scorer(self.scorer_key(), lambda: self.load_runtime(ctx.settings),
-                            micro_batch=self.micro_batch, cacheable=self.pair_cacheable)
+                            micro_batch=self.micro_batch, cacheable=self.pair_cacheable and not self.image_field)
         return CrossEncoderStage(self, scorer)
 
 
@@ -118,9 +127,13 @@ class CrossEncoderStage(Reranker):
     def __init__(self, cfg: CrossEncoderConfig, scorer: Any):
         self.configure(cfg)
         self.cfg, self.scorer = cfg, scorer
+        self.image_field = cfg.image_field
 
     async def score(self, query, candidates: Candidates, deadline: float | None) -> np.ndarray:
-        docs = [candidates.text(i, self.cfg.fields) for i in range(len(candidates))]
+        docs: list[Any] = [candidates.text(i, self.cfg.fields) for i in range(len(candidates))]
+        if self.image_field:  # a multimodal remote model: the image travels beside the text
+            docs = [{"text": t, "image": (candidates.fields[i] or {}).get(self.image_field)}
+                    for i, t in enumerate(docs)]
         raw = np.asarray(await self.scorer.score(query.text, docs, deadline), dtype=np.float64)
         # Documents that could not be scored (empty, refused) rank below every scored one of this window,
         # cached scores included; the fallback itself is never cached.

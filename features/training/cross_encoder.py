@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cascade.errors import CascadeError, ConfigError
+from features.training.loop import optimizer_step
 
 TRAINING_FILE = "cascade-training.json"
 FORMAT = "cascade-cross-encoder/1"
@@ -325,13 +326,8 @@ def train_cross_encoder(recipe: Recipe, groups: list[Group], out: Path, settings
                 logits = _group_logits(net, encoder, chunk, torch).view(len(chunk), size)
             # Listwise: softmax over each group, the relevant document (column 0) is the target.
             loss = torch.nn.functional.cross_entropy(logits.float(), torch.zeros(len(chunk), dtype=torch.long))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            losses.append(optimizer_step(loss, net.parameters(), opt, sched, recipe.grad_clip))
             step += 1
-            losses.append(float(loss.item()))
             if on_step:
                 on_step(step, total, losses[-1])
     seconds = time.perf_counter() - t0

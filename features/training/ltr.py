@@ -18,6 +18,7 @@ import numpy as np
 from cascade.errors import CascadeError
 from cascade.stages.ltr import MODEL_FORMAT
 from features.logging import file_hash, read_log
+from features.personal import additive_groups
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
@@ -146,6 +147,9 @@ def train_ltr(paths: list[Path], out: Path, *, valid_fraction: float = 0.2, seed
     valid_q = set(rng.permutation(qids)[: int(round(len(qids) * valid_fraction))]) if valid_fraction > 0 else set()
     train, valid = data.subset(set(qids) - valid_q), (data.subset(valid_q) if valid_q else None)
     p = {**DEFAULT_PARAMS, **(params or {}), "seed": seed}
+    additive = additive_groups(data.names)  # personal features: a separate additive term (features/personal.py)
+    if additive and "interaction_constraints" not in p:
+        p["interaction_constraints"] = additive
     mono = parse_monotone(monotone or [], data.names)
     if mono:
         p["monotone_constraints"] = mono
