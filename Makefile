@@ -97,7 +97,7 @@ bench: venv local-settings redis wrk
 		--plot docs/img/tune-$$d.png --report docs/benchmarks.md || exit 1; done
 	$(BIN)/cascade plan --docs 10000000 --qps 50 --p95-ms 1000 --costs docs/tune-scifact.json --json docs/plan-10m.json --plot docs/img/plan-10m.png --report docs/benchmarks.md
 	$(BIN)/cascade plan --docs 10000000 --qps 50 --p95-ms 1000 --gpu none --costs docs/tune-scifact.json --json docs/plan-10m-cpu.json --plot docs/img/plan-10m-cpu.png --report docs/benchmarks.md
-	$(BIN)/cascade plan-check --dataset scifact --split test --rates 1,2,3 --report docs/benchmarks.md
+	$(BIN)/cascade plan-check --dataset scifact --split test --rates 1,2,3 --json docs/plan-check.json --report docs/benchmarks.md
 	# Experiments (docs/experiments.md): A/B against interleaving (simulated users, also through a real service),
 	# interleaving against offline winners, A/A peeking, events through crashes, added latency.
 	$(BIN)/cascade experiments simulate --dataset scifact --split test --arms fusion,default --users navigational --seeds 100 --max-impressions 100000 --json docs/experiments-sensitivity.json --plot docs/img/experiments-sensitivity.png --report docs/benchmarks.md
@@ -139,15 +139,15 @@ test-llm: llm-model
 	$(call with_llm_server,HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 CASCADE_LLM_URL=http://127.0.0.1:$(LLM_PORT) \
 		$(BIN)/python -m pytest -q -rs -m llm_live tests/test_llm_live.py)
 
-# The LLM stage's numbers in docs/benchmarks.md, on the whole of both collections (54 DL20 queries with both methods,
-# 300 SciFact claims pointwise; about 1.5 hours on 2 CPU cores).
+# The LLM stage's numbers in docs/benchmarks.md: all 54 DL20 queries with both methods and the first 100 SciFact
+# claims pointwise (about an hour on 2 idle CPU cores; drop --limit for all 300 claims, about 1.5 hours more).
 bench-llm: llm-model
 	$(BIN)/cascade index --dataset trec-dl-2020-passage-bm25top100
 	$(call with_llm_server,$(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) \
 		--dataset trec-dl-2020-passage-bm25top100 --split test --max-doc-chars 600 --timeout-s 600 \
 		--report docs/benchmarks.md --json docs/llm-dl20.json \
 		&& $(BIN)/cascade bench-llm --url http://127.0.0.1:$(LLM_PORT) --dataset scifact --split test \
-		--max-doc-chars 600 --timeout-s 600 --methods pointwise --report docs/benchmarks.md --json docs/llm-scifact.json)
+		--limit 100 --max-doc-chars 600 --timeout-s 600 --methods pointwise --report docs/benchmarks.md --json docs/llm-scifact.json)
 
 clean:
 	rm -rf $(VENV) .cascade

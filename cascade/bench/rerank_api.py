@@ -110,8 +110,12 @@ class RerankAPIBench(BenchResult):
                 f"{pct(s.inproc_ms, 50):.0f} | {s.p95(s.inproc_ms)} | {max(s.inproc_ms):.0f} | "
                 f"{s.docs_per_s(s.http_ms):.0f} | {s.docs_per_s(s.inproc_ms):.0f} | "
                 f"{pct(s.http_ms, 50) / pct(s.inproc_ms, 50):.2f} |")
-        lines += ["", "The HTTP overhead (JSON of the documents both ways, the route, the cache lookup, admission) "
-                      "is the gap between the two columns; the model's time dominates at every size."]
+        gaps = ", ".join(f"{s.docs} documents {pct(s.http_ms, 50) - pct(s.server_ms, 50):.1f} ms" for s in self.sizes)
+        lines += ["", f"HTTP and JSON (the body both ways, parsing, the response model) are the gap between \"HTTP\" "
+                      f"and \"in the service\" (medians: {gaps}). The gap between \"in the service\" and "
+                      f"in-process is what the service adds around the same ranking (admission, a worker "
+                      f"thread, single-flight) plus run-to-run noise; the model's time dominates at every "
+                      f"size."]
         cores = os.cpu_count() or 1
         if self.loadavg and min(self.loadavg[0], (self.loadavg_end or self.loadavg)[0]) > cores:
             lines += ["", f"The load average stayed above the machine's {cores} cores: other work took most of the "

@@ -289,8 +289,10 @@ def assumptions(m: Measured, hnsw: HnswFit, p: Params, planner: Planner) -> list
                    "by log N" % (hnsw.m, hnsw.ef_search, hnsw.source, ", ".join(f"{n:,}" for n, _ in hnsw.points))},
         {**F.OS_CALL_MS.as_json(), "value": p.os_call_ms},
         {"what": "query embedding on a replica", "value": f"{m.embed_ms:.1f} ms", "source": "measured here by cascade tune"},
-        {"what": "features + LTR per candidate", "value": (f"{m.features.get('per_unit_ms', 0):.4f} + "
-         f"{(m.ltr or {}).get('per_unit_ms', 0):.5f} ms per candidate, {np.mean(m.candidates):.0f} candidates"),
+        {"what": "features and LTR per query", "value": (
+            f"features {m.features.get('fixed_ms', 0):.2f} ms + {m.features.get('per_unit_ms', 0):.4f} ms per "
+            f"candidate, LTR {(m.ltr or {}).get('fixed_ms', 0):.2f} ms + {(m.ltr or {}).get('per_unit_ms', 0):.5f} ms "
+            f"per row; {np.mean(m.candidates):.0f} candidates"),
          "source": "measured here by cascade tune (non-negative least squares on every call)"},
         {"what": "cross-encoder on this CPU", "value": "-" if m.ce is None else
          f"{m.ce['fixed_ms']:.1f} ms + {m.ce['per_unit_ms']:.2f} ms per pair", "source": "measured here by cascade tune"},

@@ -65,15 +65,22 @@ def tables(r: Report) -> list[Table]:
     return [options_table(r), memory_table(r), assumptions_table(r)]
 
 
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def markdown(r: Report, command: str, machine: str, image: str | None = None) -> str:
     rec = r.get("recommended")
     out = [f"Command: `{command}`  ", f"Machine: {machine}  ", f"Measured inputs from: `{r['measured_on']}`", ""]
     if rec:
         out += [f"**Recommended:** cross-encoder depth {rec['cross_encoder_depth']} (nDCG@10 "
-                f"{rec['ndcg@10_measured']:.4f} where it was measured), {rec['replicas']} cascade replicas, "
-                f"{rec['gpus']} GPU rerank servers, {rec['opensearch_nodes']} OpenSearch data nodes with "
+                f"{rec['ndcg@10_measured']:.4f} where it was measured), "
+                f"{_count(rec['replicas'], 'cascade replica')}, {_count(rec['gpus'], 'GPU rerank server')}, "
+                f"{_count(rec['opensearch_nodes'], 'OpenSearch data node')} with "
                 f"{rec['shards']} primary shards; predicted p50 {rec['p50_ms']:.0f} ms and **p95 {rec['p95_ms']:.0f} ms** "
-                f"at {r['qps']:g} queries/s (target {r['p95_target_ms']:g} ms).", ""]
+                f"at {r['qps']:g} queries/s (target {r['p95_target_ms']:g} ms). These counts carry the load; "
+                "run at least one more of each pool that has a single server, so that losing one does not stop "
+                "search.", ""]
     else:
         out += ["No depth meets the target with any fleet (see the notes per depth).", ""]
     out += ["| CE depth | nDCG@10 (measured) | replicas | GPUs | OpenSearch nodes | shards | p50 ms | p95 ms | "
