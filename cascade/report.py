@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cascade.evaluation import EvalReport
+from cascade.plots import save_figure
 
 
 def machine() -> str:
@@ -110,11 +111,7 @@ def plot(rep: EvalReport, path: Path) -> Path:
     ax2.set_title("Quality against latency")
     ax2.grid(alpha=0.3)
     fig.suptitle(f"{rep.dataset} {rep.split} ({rep.queries} queries), cascade {rep.index} v{rep.config_version}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_section(rep: EvalReport, command: str, image: str | None) -> str:
@@ -168,8 +165,4 @@ def plot_pareto(summary: dict[str, dict], title: str, path: Path) -> Path:
     ax.set_title(f"{title}: quality against latency")
     ax.grid(alpha=0.3)
     ax.legend(loc="center right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

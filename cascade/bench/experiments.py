@@ -19,6 +19,7 @@ from typing import Any, Callable
 from rich.table import Table
 
 from cascade.bench.common import BenchResult, head_lines, pct
+from cascade.plots import save_figure
 
 
 def _n(x: Any) -> str:
@@ -123,11 +124,7 @@ class SensitivityResult(BenchResult):
         ax.set_title(f"{self.dataset}: {self.arms[0]} vs {self.arms[1]}, {self.user} users", fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, which="both")
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=120)
 
 
 # ---------------------------------------------------------------- fidelity and multileaving

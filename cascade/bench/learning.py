@@ -21,6 +21,7 @@ import numpy as np
 from rich.table import Table
 
 from cascade.bench.common import BenchResult, head_lines, pct
+from cascade.plots import save_figure
 
 
 # ---------------------------------------------------------------- simulated traffic through the service
@@ -169,11 +170,7 @@ def propensity_plot(path: Path, curves: Mapping[str, Sequence[float]], truth: Se
     ax.set_ylim(0, 1.05)
     ax.legend()
     ax.set_title("position bias estimated from the logs")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @dataclass

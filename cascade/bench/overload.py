@@ -35,6 +35,7 @@ from cascade.bench.common import BenchResult, head_lines, pct
 from cascade.bench.load import metric, serve_process, stop, wait_for
 from cascade.bench.serve import _plan, cheap_config as _serve_cheap_config
 from cascade.config import IndexConfig
+from cascade.plots import save_figure
 from cascade.settings import Settings
 
 QUEUE_ONLY_WAIT_S = 3600.0  # policy B: the largest CASCADE_MAX_QUEUE_WAIT_S, so only the queue bound turns away
@@ -387,8 +388,4 @@ def plot(r: OverloadBench, path: Path) -> Path:
     ax2.set_ylabel("503 share of requests (%)")
     ax2.set_ylim(0, 100)
     fig.suptitle(f"{r.index}: uncached searches under overload ({r.duration_s:g} s per level)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

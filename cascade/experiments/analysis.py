@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from cascade.experiments import stats
 from cascade.experiments.config import ExperimentConfig
+from cascade.plots import save_figure
 
 Counts = Mapping[str, float | int | str]
 
@@ -237,11 +238,7 @@ class ExperimentReport:
                 axes[1].text(i, j, f"{-r.delta:+.2f}{mark}", ha="center", va="center", fontsize=8)
             axes[1].set_title("row arm preferred over column arm (Δ; * always-valid p < alpha)", fontsize=8)
             fig.colorbar(im, ax=axes[1], fraction=0.046)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=120)
 
 
 def _p(p: float) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from cascade.plots import save_figure
+
 Report = dict[str, Any]
 
 
@@ -160,11 +162,7 @@ def plot(r: Report, path: Path) -> Path:
     ax.set_title("candidates: recall@k")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def check_table(c: Report) -> Table:

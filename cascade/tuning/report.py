@@ -11,6 +11,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+from cascade.plots import save_figure
+
 Report = dict[str, Any]
 
 
@@ -224,8 +226,4 @@ def plot(r: Report, path: Path) -> Path:
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

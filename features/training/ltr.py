@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import CascadeError
+from cascade.plots import save_figure
 from cascade.stages.ltr import MODEL_FORMAT
 from features.logging import file_hash, read_log
 from features.personal import additive_groups
@@ -193,10 +194,7 @@ def importance_plot(booster: Any, names: list[str], path: Path) -> Path:
     ax.barh([names[i] for i in order], gain[order] / max(gain.sum(), 1e-12), color="#1f77b4")
     ax.set_xlabel("share of total gain")
     ax.set_title("LTR feature importance (gain)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _run(data: LogData, judged: dict, scores: np.ndarray) -> dict[str, dict[str, float]]:
