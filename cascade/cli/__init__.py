@@ -12,7 +12,8 @@ registers the commands, in the order ``cascade --help`` lists them:
 - :mod:`cascade.cli.experiments`: ``experiments list|report|consume|export-ubi|simulate|fidelity|peeking|bench-*``
 - :mod:`cascade.cli.bench`: ``bench``, ``bench-combine|ltr|serve|overload|os-features|backends|microbatch|rerank-api``
 - :mod:`cascade.cli.tune`: ``tune``; :mod:`cascade.cli.plan`: ``plan``, ``plan-check``
-- :mod:`cascade.cli.learning`: ``train labels|embedder``, ``behavior consume|reset``, ``bench-click-labels|personal``
+- :mod:`cascade.cli.learning`: ``train labels|embedder``, ``behavior consume|reset``
+- :mod:`cascade.cli.bench_learning`: ``bench-click-labels|personal``
 - :mod:`cascade.cli.common`: what they share (consoles, errors, progress, settings, configs, datasets)
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import typer
 
-from cascade.cli import bench, index, learning, plan, search, serve, tune
+from cascade.cli import bench, bench_learning, index, learning, plan, search, serve, tune
 from cascade.cli.config import config_app
 from cascade.cli.experiments import experiments_app
 from cascade.cli.models import models_app
@@ -52,8 +53,8 @@ app.command("bench-microbatch")(bench.bench_microbatch_cmd)
 app.command("bench-rerank-api")(bench.bench_rerank_api)
 app.command("tune")(tune.tune_cmd)
 app.add_typer(learning.behavior_app, name="behavior")
-app.command("bench-click-labels")(learning.bench_click_labels)
-app.command("bench-personal")(learning.bench_personal)
+app.command("bench-click-labels")(bench_learning.bench_click_labels)
+app.command("bench-personal")(bench_learning.bench_personal)
 app.command("plan")(plan.plan_cmd)
 app.command("plan-check")(plan.plan_check_cmd)
 
